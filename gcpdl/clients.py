@@ -1,0 +1,126 @@
+"""The one factory for every Google client and credential.
+
+Endpoints and credentials are injected here and nowhere else, so the fake Compute server, the
+storage stand-ins and a Private Service Connect endpoint all plug in without patching. Google
+libraries are imported inside the methods: `gcpdl --help` must not pay for them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from gcpdl.errors import ConfigError, CredentialsError
+from gcpdl.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import google.auth.credentials
+
+COMPUTE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+STORAGE_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
+DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
+ADC_FIX = "Run: gcloud auth application-default login"
+
+
+class ClientFactory:
+    def __init__(self, settings: Settings, credentials: "google.auth.credentials.Credentials | None" = None):
+        self.settings = settings
+        self._credentials = credentials
+        self._adc_project: str | None = None
+        self._clients: dict[str, Any] = {}
+
+    # --- credentials -------------------------------------------------------------------------
+    def credentials(self) -> "google.auth.credentials.Credentials":
+        """Application Default Credentials, and nothing hand-rolled (a key file named by
+        GOOGLE_APPLICATION_CREDENTIALS is honoured with its own token_uri)."""
+        if self._credentials is None:
+            import google.auth
+            from google.auth import exceptions as gexc
+
+            try:
+                creds, project = google.auth.default(scopes=COMPUTE_SCOPES)
+            except gexc.DefaultCredentialsError as e:
+                first = str(e).split("\n")[0].split(". ")[0]
+                raise CredentialsError(f"No Google credentials found ({first}).", fix=ADC_FIX) from None
+            self._credentials, self._adc_project = creds, project
+        return self._credentials
+
+    def project(self) -> str:
+        """The resolved project; falls back to the ADC project as the last source."""
+        if self.settings.project:
+            return self.settings.project
+        self.credentials()
+        if self._adc_project:
+            self.settings.project = self._adc_project
+            self.settings.sources["project"] = "adc"
+            return self._adc_project
+        raise ConfigError(
+            "No Google Cloud project set.",
+            fix="Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID",
+        )
+
+    # --- Compute Engine ----------------------------------------------------------------------
+    @property
+    def compute_endpoint(self) -> str:
+        return self.settings.compute_endpoint or DEFAULT_COMPUTE_ENDPOINT
+
+    @property
+    def compute_base_url(self) -> str:
+        """Root of the REST API, e.g. https://compute.googleapis.com/compute/v1"""
+        return self.compute_endpoint.rstrip("/") + "/compute/v1"
+
+    def compute(self, name: str) -> Any:
+        """A google-cloud-compute client by class name, e.g. ``compute("InstancesClient")``.
+
+        Operations clients (ZoneOperationsClient, GlobalOperationsClient, RegionOperationsClient)
+        come from here too: the library's ExtendedOperation poller would otherwise be built
+        without our client_options and poll the real endpoint.
+        """
+        if name not in self._clients:
+            from google.api_core.client_options import ClientOptions
+            from google.cloud import compute_v1
+
+            cls = getattr(compute_v1, name, None)
+            if cls is None:
+                raise AttributeError(f"google.cloud.compute_v1 has no {name}")
+            self._clients[name] = cls(
+                credentials=self.credentials(),
+                transport="rest",
+                client_options=ClientOptions(api_endpoint=self.compute_endpoint),
+            )
+        return self._clients[name]
+
+    @cached_property
+    def session(self) -> Any:
+        """An authorized requests session for lean REST reads (google-auth's AuthorizedSession).
+
+        Importing google.cloud.compute_v1 costs ~1.5 s; read-only paths that must answer fast
+        (status) go through this session to the same endpoint with the same credentials.
+        """
+        from google.auth.transport.requests import AuthorizedSession
+
+        return AuthorizedSession(self.credentials())
+
+    # --- Cloud Storage -----------------------------------------------------------------------
+    @property
+    def storage_endpoint(self) -> str | None:
+        return self.settings.storage_endpoint
+
+    def storage(self, project: str | None = None, anonymous: bool = False) -> Any:
+        """A google-cloud-storage client. Honours GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST."""
+        from google.cloud import storage
+
+        options = {"api_endpoint": self.storage_endpoint} if self.storage_endpoint else None
+        if anonymous:
+            from google.auth.credentials import AnonymousCredentials
+
+            return storage.Client(project=project or "anonymous", credentials=AnonymousCredentials(), client_options=options)
+        if self.storage_endpoint and self._credentials is None:
+            # An emulator or stand-in endpoint: the library itself uses anonymous credentials
+            # under STORAGE_EMULATOR_HOST; do the same for our own override.
+            from google.auth.credentials import AnonymousCredentials
+
+            creds: Any = AnonymousCredentials()
+        else:
+            creds = self.credentials()
+        return storage.Client(project=project or self.settings.project or "gcpdl", credentials=creds, client_options=options)
