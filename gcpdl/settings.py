@@ -23,6 +23,9 @@ else:  # pragma: no cover
 
 DEFAULT_POLL_INTERVAL = 2.0  # seconds between operation polls; tests set GCPDL_POLL_INTERVAL
 DEFAULT_CONFIRM_ABOVE = 3.0  # $/h above which `up` asks before creating
+DEFAULT_SSH_PORT = 22
+DEFAULT_SSH_USER = "gcpdl"
+DEFAULT_SSH_WAIT = 120.0  # a fresh VM's sshd and guest agent (which installs the key) take ~30-60 s
 
 # Keys a user may put in the config file (top level = default profile, or [profiles.NAME]).
 CONFIG_KEYS: dict[str, type] = {
@@ -35,6 +38,9 @@ CONFIG_KEYS: dict[str, type] = {
     "confirm_above": float,
     "poll_interval": float,
     "ssh_from": str,
+    "ssh_port": int,  # the VM's sshd port (tests point it at a local sshd)
+    "ssh_user": str,  # the login user on the VM
+    "ssh_wait": float,  # seconds to wait for a booting VM's sshd to accept gcpdl's key
 }
 
 
@@ -70,6 +76,9 @@ class Settings:
     confirm_above: float = DEFAULT_CONFIRM_ABOVE
     poll_interval: float = DEFAULT_POLL_INTERVAL
     ssh_from: str | None = None
+    ssh_port: int = DEFAULT_SSH_PORT
+    ssh_user: str = DEFAULT_SSH_USER
+    ssh_wait: float = DEFAULT_SSH_WAIT
     profile: str = "default"
     # where each resolved value came from, for `gcpdl config show`
     sources: dict[str, str] = field(default_factory=dict)
@@ -177,6 +186,9 @@ def resolve(
         "confirm_above": ("GCPDL_CONFIRM_ABOVE",),
         "poll_interval": ("GCPDL_POLL_INTERVAL",),
         "ssh_from": ("GCPDL_SSH_FROM",),
+        "ssh_port": ("GCPDL_SSH_PORT",),
+        "ssh_user": ("GCPDL_SSH_USER",),
+        "ssh_wait": ("GCPDL_SSH_WAIT",),
     }.items():
         for name in names:
             if env.get(name):
