@@ -86,3 +86,7 @@ class HostKeyMismatch(SshError):
 
 class SyncError(GcpdlError):
     pass
+
+
+class VmNotRunning(GcpdlError):
+    """The VM exists but is stopped (or still starting): SSH and Jupyter cannot reach it."""
