@@ -1,0 +1,171 @@
+"""Where a VM's sshd is: one lean REST read (instance + host-key guest attributes).
+
+`gcpdl ssh` and `gcpdl jupyter` must start fast, so this goes through the factory's
+AuthorizedSession (google-auth + requests) instead of importing google.cloud.compute_v1, which
+costs ~1.5 s. Same endpoint, same credentials: the factory is the only place either comes from.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from gcpdl.errors import (
+    ApiDisabled,
+    CredentialsError,
+    GcpdlError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    VmNotRunning,
+)
+from gcpdl.ssh.hostkeys import HostKey, host_alias, parse_guest_attributes
+
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+HTTP_TIMEOUT = 30.0  # seconds for one REST read
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Everything needed to open a verified SSH connection to one VM."""
+
+    name: str
+    zone: str
+    instance_id: str
+    status: str
+    host: str | None  # external IP (networkInterfaces[0].accessConfigs[0].natIP)
+    port: int = 22
+    user: str = "gcpdl"
+    guest_keys: tuple[HostKey, ...] = field(default=())
+
+    @property
+    def alias(self) -> str:
+        return host_alias(self.instance_id)
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise InvalidInput(
+            f"'{name}' is not a valid VM name: use lowercase letters, digits and hyphens, "
+            "starting with a letter (at most 63 characters)."
+        )
+    return name
+
+
+def _raise_for(resp: Any, what: str) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        err = resp.json().get("error", {})
+        message = err.get("message") or resp.text[:200]
+        reason = ((err.get("errors") or [{}])[0]).get("reason", "")
+    except ValueError:
+        message, reason = resp.text[:200], ""
+    if resp.status_code == 404:
+        raise NotFound(f"{what} was not found.")
+    if resp.status_code == 401:
+        raise CredentialsError(f"Google rejected the credentials while reading {what}.", fix="Run: gcloud auth application-default login")
+    if resp.status_code == 403:
+        if "accessNotConfigured" in reason or "has not been used" in message or "is disabled" in message:
+            raise ApiDisabled("The Compute Engine API is not enabled in this project.", fix="Run: gcloud services enable compute.googleapis.com")
+        raise PermissionDenied(f"Permission denied while reading {what}: {message}")
+    raise GcpdlError(f"Reading {what} failed (HTTP {resp.status_code}): {message}")
+
+
+def _get(factory: Any, path: str, what: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+    import requests
+
+    url = factory.compute_base_url + path
+    try:
+        resp = factory.session.get(url, params=params, timeout=HTTP_TIMEOUT)
+    except requests.RequestException as e:
+        raise GcpdlError(f"Cannot reach the Compute API at {factory.compute_endpoint}: {type(e).__name__}.") from None
+    _raise_for(resp, what)
+    return resp.json()
+
+
+def find_instance(factory: Any, name: str, zone: str | None = None) -> dict[str, Any]:
+    """The instance's REST JSON. Without a zone, one aggregated list filtered by name."""
+    project = factory.project()
+    if zone:
+        try:
+            return _get(factory, f"/projects/{project}/zones/{zone}/instances/{name}", f"VM {name} in {zone}")
+        except NotFound:
+            raise NotFound(f"No VM named {name} in zone {zone} of project {project}.", fix="List yours with: gcpdl status") from None
+    found: list[dict[str, Any]] = []
+    params = {"filter": f'name = "{name}"', "returnPartialSuccess": "true"}
+    while True:
+        page = _get(factory, f"/projects/{project}/aggregated/instances", "the instance list", params)
+        for scoped in (page.get("items") or {}).values():
+            # filter again here: the filter is an optimisation, the name check is the contract
+            found += [i for i in scoped.get("instances") or [] if i.get("name") == name]
+        token = page.get("nextPageToken")
+        if not token:
+            break
+        params = dict(params, pageToken=token)
+    if not found:
+        raise NotFound(f"No VM named {name} in project {project}.", fix="List yours with: gcpdl status")
+    if len(found) > 1:
+        zones = ", ".join(sorted(_last(i.get("zone")) for i in found))
+        raise InvalidInput(f"There are VMs named {name} in several zones ({zones}); pass --zone.")
+    return found[0]
+
+
+def guest_hostkeys(factory: Any, project: str, zone: str, name: str) -> list[HostKey]:
+    """The host keys the VM published; [] when guest attributes are off or not written yet."""
+    path = f"/projects/{project}/zones/{zone}/instances/{name}/getGuestAttributes"
+    try:
+        payload = _get(factory, path, f"guest attributes of {name}", {"queryPath": "hostkeys/"})
+    except (CredentialsError, PermissionDenied, ApiDisabled):
+        raise
+    except GcpdlError:
+        # 404 (nothing published yet) or 400 (guest attributes disabled): trust on first use
+        return []
+    return parse_guest_attributes(payload)
+
+
+def guest_attributes(factory: Any, zone: str, name: str, namespace: str) -> dict[str, str]:
+    """All keys of one guest attribute namespace ({} when none are there yet)."""
+    project = factory.project()
+    path = f"/projects/{project}/zones/{zone}/instances/{name}/getGuestAttributes"
+    try:
+        payload = _get(factory, path, f"guest attributes of {name}", {"queryPath": f"{quote(namespace)}/"})
+    except NotFound:
+        return {}
+    items = (payload.get("queryValue") or {}).get("items") or []
+    return {i.get("key", ""): i.get("value", "") for i in items}
+
+
+def _last(url: str | None) -> str:
+    return (url or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve_target(factory: Any, name: str, zone: str | None = None, require_running: bool = True) -> SshTarget:
+    """Look the VM up and read its host keys. Raises VmNotRunning (with the command that
+    starts it) unless it is RUNNING."""
+    validate_name(name)
+    settings = factory.settings
+    data = find_instance(factory, name, zone or settings.zone)
+    zone = _last(data.get("zone"))
+    status = data.get("status", "UNKNOWN")
+    if require_running and status != "RUNNING":
+        state = {"TERMINATED": "stopped", "STOPPING": "stopping", "SUSPENDED": "suspended"}.get(status, status.lower())
+        raise VmNotRunning(f"VM {name} is {state}, not running.", fix=f"Start it with: gcpdl start {name}")
+    nic = (data.get("networkInterfaces") or [{}])[0]
+    access = (nic.get("accessConfigs") or [{}])[0]
+    host = access.get("natIP")
+    if require_running and not host:
+        raise GcpdlError(f"VM {name} has no external IP address, so gcpdl cannot reach it over SSH.")
+    keys = guest_hostkeys(factory, factory.project(), zone, name) if status == "RUNNING" else []
+    return SshTarget(
+        name=name,
+        zone=zone,
+        instance_id=str(data.get("id", name)),
+        status=status,
+        host=host,
+        port=int(settings.ssh_port),
+        user=settings.ssh_user,
+        guest_keys=tuple(keys),
+    )
