@@ -1,0 +1,145 @@
+"""`gcpdl up NAME`: create (or restart) a GPU VM. Thin: parse, validate, call the core, render."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from gcpdl.cli.app import App
+from gcpdl.cli.options import dry_run_option, json_option, name_argument, project_option, yes_option, zone_option
+
+DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on the network
+
+
+@click.command()
+@name_argument
+@click.option("--gpu", metavar="GPU[:COUNT]", help="t4, p4, p100, v100, l4, a100, a100-80gb or h100, with an optional count (t4:2).")
+@click.option("--cpu-only", is_flag=True, help="No GPU.")
+@click.option("--machine", metavar="TYPE", help="Machine type instead of the default for the GPU (checked for compatibility).")
+@click.option("--image-family", help="Image family (default: a Deep Learning VM family for the GPU).")
+@click.option("--image-project", help="Project of --image-family (default: deeplearning-platform-release).")
+@click.option("--disk", metavar="GB", help="Boot disk size in GB (default 100).")
+@click.option("--disk-type", help="Boot disk type: pd-balanced (default), pd-ssd, pd-standard, ...")
+@click.option("--data-disk", metavar="GB", help="Also create a persistent data disk NAME-data of this size; it outlives `down`.")
+@click.option("--spot", is_flag=True, help="Spot VM: much cheaper, may be preempted (it then stops and keeps its disk).")
+@click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default 60m).")
+@click.option("--max-hours", type=float, metavar="N", help="Stop the VM after N hours of running, whatever happens.")
+@click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
+@zone_option
+@project_option
+@yes_option
+@json_option
+@dry_run_option
+@click.pass_obj
+def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk, spot,
+       autostop, max_hours, ssh_from, zone, project, yes, as_json, dry_run) -> None:
+    """Create the VM NAME (or start it again if it is stopped) and print how to reach it.
+
+    \b
+    gcpdl up box --gpu t4                  one T4 on n1-standard-8
+    gcpdl up box --gpu a100:2 --spot       two A100s, Spot pricing
+    gcpdl up box --gpu l4 --dry-run --json the exact API requests, nothing created
+    """
+    from gcpdl import spec as specs
+    from gcpdl.compute import lifecycle
+
+    vm = specs.build_spec(
+        name, gpu=gpu, cpu_only=cpu_only, machine=machine, image_family=image_family, image_project=image_project,
+        disk=disk, disk_type=disk_type, data_disk=data_disk, spot=spot, autostop=autostop, max_hours=max_hours,
+        ssh_from=ssh_from,
+    )
+    settings = app.settings(project=project, zone=zone)
+    candidates = _candidates(settings.zone, settings.zones)
+    first = lifecycle.first_zone(None, candidates)
+    for z in candidates:
+        specs.validate_zone(z)
+    source = vm.ssh_from or (specs.validate_cidr(settings.ssh_from) if settings.ssh_from else None)
+    if source is not None and _world(source):
+        app.warn(f"SSH will be open to the whole internet ({source}); prefer your own address.")
+
+    if dry_run:
+        if not settings.project:
+            from gcpdl.errors import ConfigError
+
+            raise ConfigError(
+                "No Google Cloud project set (a dry run looks nothing up).",
+                fix="Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID",
+            )
+        if source is None:
+            my_ip = os.environ.get("GCPDL_MY_IP")
+            source = f"{my_ip}/32" if my_ip else DRY_RUN_IP
+        plan = lifecycle.plan(settings.project, first, vm, source)
+        app.emit(plan.as_dict(), as_json, _render_plan)
+        return
+
+    from gcpdl.compute import firewall
+    from gcpdl.compute.adapter import Compute, prefetch
+
+    prefetch()
+    factory = app.factory(project=project, zone=zone)
+    compute = Compute(factory, factory.project())
+    if source is None:
+        source = firewall.ssh_source(None)
+    ctx = lifecycle.UpContext(
+        compute=compute,
+        zones=[first] + [z for z in candidates if z != first],
+        ssh_from=source,
+        progress=app.say,
+        confirm=None if yes else _confirm,
+        confirm_above=settings.confirm_above,
+    )
+    result = lifecycle.up(ctx, vm)
+    for diff in result.differences:
+        app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
+    app.emit(result.as_dict(), as_json, _render_result)
+
+
+def _candidates(zone: str | None, zones: list[str]) -> list[str]:
+    out: list[str] = []
+    for z in ([zone] if zone else []) + list(zones or []):
+        if z and z not in out:
+            out.append(z)
+    return out
+
+
+def _world(cidr: str) -> bool:
+    from gcpdl.compute.firewall import is_open_to_world
+
+    return is_open_to_world(cidr)
+
+
+def _confirm(price: float) -> bool:
+    return click.confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?", default=False, err=True)
+
+
+def _render_plan(plan: dict) -> str:
+    from gcpdl.spec import GPUS
+
+    gpu = plan["gpu"]
+    gpu_text = f" + {plan['gpu_count']} x {GPUS[gpu].label} ({GPUS[gpu].accelerator})" if gpu else " (no GPU)"
+    lines = [
+        f"Plan for {plan['name']} in {plan['zone']} (project {plan['project']}), nothing created:",
+        f"  machine   {plan['machine_type']}{gpu_text}{', Spot' if plan['spot'] else ''}",
+        f"  ssh       tcp:22 from {plan['ssh_from']} only (Jupyter through the SSH tunnel)",
+        f"  price     ${plan['price_per_hour']:.2f}/h while running",
+        "  requests:",
+    ]
+    for r in plan["requests"]:
+        lines.append(f"    {r['method']} {r['path']}")
+    lines.append("Run it again without --dry-run to create it (--json shows the request bodies).")
+    return "\n".join(lines)
+
+
+def _render_result(r: dict) -> str:
+    gpu = f"{r['gpu_count']} x {r['gpu']}" if r["gpu"] else "none"
+    verb = {"created": "Created", "started": "Started", "reused": "Already running:"}[r["action"]]
+    return "\n".join(
+        [
+            f"{verb} {r['name']} in {r['zone']}",
+            f"  machine   {r['machine_type']}  GPU {gpu}{'  (Spot)' if r['spot'] else ''}",
+            f"  address   {r['external_ip'] or '-'}  (SSH from {r['ssh_from']})",
+            f"  price     ${r['price_per_hour']:.2f}/h while running",
+            f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}",
+        ]
+    )

@@ -1,0 +1,195 @@
+"""Turn Compute API errors into gcpdl errors a learner understands.
+
+Errors reach us in three shapes: google.api_core exceptions (compute_v1 calls), raw REST error
+bodies (reads through the lean session) and a finished operation's ``error.errors[]``. All three
+are first normalised to ``ApiError``, then classified once here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from gcpdl.errors import (
+    ApiDisabled,
+    Conflict,
+    CredentialsError,
+    GcpdlError,
+    InvalidInput,
+    NotFound,
+    OperationFailed,
+    PermissionDenied,
+    QuotaExceeded,
+    Stockout,
+)
+
+QUOTA_PAGE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
+BILLING_PAGE = "https://console.cloud.google.com/billing/linkedaccount?project={project}"
+STOCKOUT_CODES = {"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "RESOURCE_POOL_EXHAUSTED"}
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+@dataclass
+class ApiError:
+    status: int | None  # HTTP status; None for an operation error without httpErrorStatusCode
+    code: str  # operation error code or the first reason ("quotaExceeded", "notFound", ...)
+    message: str
+    reasons: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)  # ErrorInfo metadata, quotaInfo
+
+    @property
+    def is_stockout(self) -> bool:
+        if self.code in STOCKOUT_CODES or any(r in STOCKOUT_CODES for r in self.reasons):
+            return True
+        # A synchronous 503 on insert means the zone cannot take the request right now.
+        return self.status == 503 and (
+            "resourceUnavailable" in self.reasons or "does not have enough resources" in self.message
+        )
+
+    @property
+    def is_quota(self) -> bool:
+        return self.code in ("QUOTA_EXCEEDED", "quotaExceeded") or "quotaExceeded" in self.reasons or "QUOTA_EXCEEDED" in self.reasons
+
+    @property
+    def quota_metric(self) -> str | None:
+        metric = self.metadata.get("quota_metric") or self.metadata.get("metricName") or self.metadata.get("quotaMetric")
+        if metric:
+            metric = metric.rsplit("/", 1)[-1].upper()
+            return metric
+        m = re.search(r"Quota '([A-Z0-9_]+)' exceeded", self.message)
+        return m.group(1) if m else None
+
+    @property
+    def quota_region(self) -> str | None:
+        region = self.metadata.get("region")
+        if region:
+            return region
+        m = re.search(r"in region ([a-z0-9-]+)", self.message)
+        return m.group(1) if m else None
+
+    @property
+    def zones_available(self) -> list[str]:
+        raw = self.metadata.get("zonesAvailable") or self.metadata.get("zones_available") or ""
+        return [z.strip().rsplit("/", 1)[-1] for z in raw.split(",") if z.strip()]
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE_STATUS and not self.is_stockout and not self.is_quota
+
+
+def _merge_details(details: Any, metadata: dict[str, str], reasons: list[str]) -> None:
+    for d in details or []:
+        if not isinstance(d, dict):
+            continue
+        info = d.get("errorInfo") or (d if "reason" in d and "metadata" in d else None)
+        if info:
+            if info.get("reason"):
+                reasons.append(info["reason"])
+            metadata.update({k: str(v) for k, v in (info.get("metadata") or {}).items()})
+        quota = d.get("quotaInfo")
+        if quota:
+            metadata.update({k: str(v) for k, v in quota.items() if not isinstance(v, dict)})
+            metadata.update({k: str(v) for k, v in (quota.get("dimensions") or {}).items()})
+
+
+def from_rest(status: int, payload: Any) -> ApiError:
+    """A REST error body: {"error": {"code", "message", "errors": [...], "details": [...]}}."""
+    err = payload.get("error", {}) if isinstance(payload, dict) else {}
+    if not isinstance(err, dict):
+        err = {"message": str(err)}
+    reasons = [e.get("reason", "") for e in err.get("errors") or [] if isinstance(e, dict)]
+    metadata: dict[str, str] = {}
+    _merge_details(err.get("details"), metadata, reasons)
+    reasons = [r for r in reasons if r]
+    return ApiError(status, reasons[0] if reasons else str(err.get("status", "")), err.get("message") or f"HTTP {status}", reasons, metadata)
+
+
+def from_exception(exc: Any) -> ApiError:
+    """A google.api_core GoogleAPICallError (what compute_v1 raises)."""
+    status = getattr(exc, "code", None)
+    status = int(status) if isinstance(status, int) else None
+    reasons: list[str] = []
+    metadata: dict[str, str] = {}
+    for e in getattr(exc, "errors", None) or []:
+        if isinstance(e, dict) and e.get("reason"):
+            reasons.append(e["reason"])
+    _merge_details(getattr(exc, "details", None), metadata, reasons)
+    if getattr(exc, "reason", None):
+        reasons.append(exc.reason)
+        metadata.update({k: str(v) for k, v in (getattr(exc, "metadata", None) or {}).items()})
+    message = getattr(exc, "message", None) or str(exc)
+    return ApiError(status, reasons[0] if reasons else "", message, reasons, metadata)
+
+
+def from_operation(op: dict[str, Any]) -> ApiError:
+    """A DONE operation (REST JSON) whose ``error.errors[]`` is set."""
+    errors = (op.get("error") or {}).get("errors") or [{}]
+    first = errors[0]
+    metadata: dict[str, str] = {}
+    reasons = [e.get("code", "") for e in errors if e.get("code")]
+    for e in errors:
+        _merge_details(e.get("errorDetails"), metadata, reasons)
+    status = op.get("httpErrorStatusCode")
+    return ApiError(int(status) if status else None, first.get("code", "UNKNOWN"), first.get("message", "operation failed"), reasons, metadata)
+
+
+def permission_from(message: str) -> str | None:
+    m = re.search(r"'((?:compute|iam|serviceusage|resourcemanager)\.[A-Za-z.]+)'", message)
+    if m:
+        return m.group(1)
+    m = re.search(r"\b(compute\.[a-zA-Z]+\.[a-zA-Z]+)\b", message)
+    return m.group(1) if m else None
+
+
+def to_gcpdl(err: ApiError, project: str, what: str = "") -> GcpdlError:
+    """The one classification. ``what`` names the resource for not-found/conflict messages."""
+    text = err.message
+    reasons = set(err.reasons) | {err.code}
+    if err.status == 401 or "UNAUTHENTICATED" in reasons:
+        return CredentialsError("Google rejected the credentials (expired or revoked).", fix="Run: gcloud auth application-default login")
+    if reasons & {"accessNotConfigured", "SERVICE_DISABLED"} or "has not been used in project" in text or "API has not been" in text:
+        service = err.metadata.get("service", "compute.googleapis.com")
+        return ApiDisabled(
+            f"The Compute Engine API ({service}) is not enabled in project {project}.",
+            fix=f"Run: gcloud services enable {service} --project {project}",
+        )
+    if reasons & {"BILLING_DISABLED", "billingNotEnabled", "billingDisabled"} or "billing" in text.lower() and err.status == 403:
+        return GcpdlError(f"Billing is not enabled for project {project}.", fix=f"Link a billing account: {BILLING_PAGE.format(project=project)}")
+    if err.is_quota:
+        return quota_error(err, project)
+    if err.is_stockout:
+        return Stockout(f"No capacity: {text}")
+    if err.status == 404 or "notFound" in reasons or "RESOURCE_NOT_FOUND" in reasons:
+        if re.search(rf"'projects/{re.escape(project)}' was not found", text) or "project" in reasons or f"Project {project}" in text:
+            return NotFound(f"Project {project} not found.", fix="Check the project id (gcloud projects list) or pass --project.")
+        return NotFound(f"{what or 'Resource'} not found." if what else f"Not found: {text}")
+    if err.status == 403 or "forbidden" in reasons or "PERMISSION_DENIED" in reasons:
+        perm = permission_from(text)
+        if perm:
+            return PermissionDenied(
+                f"Permission denied: you lack {perm} in project {project}.",
+                fix="Ask a project owner for a role that includes it (e.g. roles/compute.instanceAdmin.v1).",
+            )
+        return PermissionDenied(f"Permission denied in project {project}: {text}")
+    if err.status == 409 or "alreadyExists" in reasons or "RESOURCE_ALREADY_EXISTS" in reasons:
+        return Conflict(f"{what or 'Resource'} already exists." if what else f"Conflict: {text}")
+    if err.status == 400 or "invalid" in reasons or "badRequest" in reasons:
+        if "disk size" in text.lower() and "image" in text.lower():
+            return InvalidInput(f"The boot disk is smaller than the image: {text}")
+        return InvalidInput(f"Compute Engine refused the request: {text}")
+    return OperationFailed(f"Compute Engine error{f' ({err.code})' if err.code else ''}: {text}", code=err.code or None)
+
+
+def quota_error(err: ApiError, project: str) -> QuotaExceeded:
+    metric = err.quota_metric or "a quota"
+    region = err.quota_region
+    where = f"in region {region}" if region else "for the project (all regions)"
+    exc = QuotaExceeded(
+        f"Quota {metric} exceeded {where}.",
+        fix=f"Request more {metric} quota at {QUOTA_PAGE.format(project=project)}",
+    )
+    exc.metric = metric  # type: ignore[attr-defined]
+    exc.region = region  # type: ignore[attr-defined]
+    exc.global_quota = metric.endswith("ALL_REGIONS") or region is None  # type: ignore[attr-defined]
+    return exc

@@ -1,0 +1,520 @@
+"""The flows behind `up`, `start`, `stop`, `down` and `status`.
+
+Each takes a ``Compute`` (one project) and callbacks for progress, returns dataclasses, raises
+GcpdlError subclasses; nothing here prints. Every wait is bounded by a Deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gcpdl.compute import firewall as fw
+from gcpdl.compute import requests as rq
+from gcpdl.compute import zones as zn
+from gcpdl.compute.adapter import Compute, prefetch
+from gcpdl.compute.model import ApiCall, Instance, UpResult, ZoneAttempt
+from gcpdl.deadline import Deadline
+from gcpdl.errors import Aborted, ConfigError, GcpdlError, InvalidInput, NotFound, QuotaExceeded, Stockout
+from gcpdl.pricing import hourly_price, region_of
+from gcpdl.spec import VmSpec
+
+CREATE_TIMEOUT = 600.0  # instance insert + RUNNING
+START_TIMEOUT = 600.0
+STOP_TIMEOUT = 300.0
+DELETE_TIMEOUT = 600.0
+PREFLIGHT_TIMEOUT = 60.0
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass
+class Plan:
+    """The dry-run: the exact requests a create would send in ``zone``, and the price."""
+
+    project: str
+    zone: str
+    spec: VmSpec
+    requests: list[ApiCall]
+    price_per_hour: float
+    ssh_from: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "zone": self.zone,
+            "name": self.spec.name,
+            "machine_type": self.spec.machine_type,
+            "gpu": self.spec.gpu,
+            "gpu_count": self.spec.gpu_count,
+            "spot": self.spec.spot,
+            "price_per_hour": self.price_per_hour,
+            "ssh_from": self.ssh_from,
+            "requests": [c.to_json() for c in self.requests],
+        }
+
+
+def price_for(spec: VmSpec, zone: str) -> float:
+    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot, spec.disks()).total
+
+
+def startup_for(spec: VmSpec) -> str:
+    from gcpdl.startup import StartupOptions, render_startup_script
+
+    return render_startup_script(
+        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes)
+    )
+
+
+def ssh_keys_entry() -> str:
+    from gcpdl.ssh.keys import ensure_keypair
+
+    return ensure_keypair().metadata_entry()
+
+
+def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time) -> Plan:
+    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys_entry(), startup_script=startup_for(spec), now=now)
+    return Plan(project, zone, spec, calls, price_for(spec, zone), ssh_from)
+
+
+def first_zone(zone: str | None, zones: list[str]) -> str:
+    z = zone or (zones[0] if zones else None)
+    if not z:
+        raise ConfigError(
+            "No zone set.",
+            fix="Pass --zone (e.g. us-central1-a), set GCPDL_ZONE, or run: gcpdl config set zone us-central1-a",
+        )
+    return z
+
+
+# --- finding VMs --------------------------------------------------------------------------
+def find(compute: Compute, name: str, deadline: Deadline) -> Instance | None:
+    """The VM called ``name`` in any zone (names are per zone; gcpdl keeps them unique)."""
+    found = compute.aggregated("instances", deadline, filter=f"name = {name}")
+    for zone, items in found.items():
+        for item in items:
+            if item.get("name") == name:
+                return Instance.from_api(item)
+    return None
+
+
+def require(compute: Compute, name: str, deadline: Deadline) -> Instance:
+    inst = find(compute, name, deadline)
+    if inst is None:
+        raise NotFound(f"No VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
+    return inst
+
+
+def get_instance(compute: Compute, zone: str, name: str, deadline: Deadline) -> Instance:
+    data = compute.get(f"{rq.instances_path(compute.project, zone)}/{name}", deadline, what=f"VM {name}")
+    return Instance.from_api(data)
+
+
+def list_managed(compute: Compute, deadline: Deadline) -> list[Instance]:
+    found = compute.aggregated("instances", deadline, filter="labels.gcpdl = managed")
+    out = [Instance.from_api(i) for items in found.values() for i in items if (i.get("labels") or {}).get("gcpdl") == "managed"]
+    return sorted(out, key=lambda i: (i.name, i.zone))
+
+
+# --- up -----------------------------------------------------------------------------------
+@dataclass
+class UpContext:
+    compute: Compute
+    zones: list[str]  # candidates in order; the first is where we start
+    ssh_from: str  # CIDR the firewall allows
+    progress: Progress = _quiet
+    confirm: Callable[[float], bool] | None = None  # asked before the first mutation of a create
+    confirm_above: float = float("inf")
+    now: Callable[[], float] = time.time
+    attempts: list[ZoneAttempt] = field(default_factory=list)
+
+
+def up(ctx: UpContext, spec: VmSpec) -> UpResult:
+    compute = ctx.compute
+    prefetch()  # google.cloud.compute_v1 imports on a thread while the reads below run
+    deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, f"the checks before creating {spec.name}")
+    compute.factory.session  # credentials are looked up here, once, on this thread
+    project = compute.project
+    first = ctx.zones[0]
+
+    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="gcpdl-read") as pool:
+        f_existing = pool.submit(find, compute, spec.name, deadline)
+        f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
+        f_offered: Future | None = pool.submit(zn.accelerator_zones, compute, spec.accelerator, deadline) if spec.gpu else None
+        f_image = pool.submit(
+            compute.get, f"/compute/v1/projects/{spec.image_project}/global/images/family/{spec.image_family}",
+            deadline, None, f"Image family {spec.image_family} in project {spec.image_project}",
+        )
+        f_disk = pool.submit(compute.aggregated, "disks", deadline, f"name = {spec.data_disk_name}") if spec.data_disk_gb else None
+        existing = f_existing.result()
+        if existing is not None:
+            return _reuse(ctx, spec, existing, f_rule.result())
+        offered = f_offered.result() if f_offered else None
+        image = f_image.result()
+        rule = f_rule.result()
+        disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
+
+    zn.check_zone(spec, first, offered or {})
+    image_gb = int(image.get("diskSizeGb") or 0)
+    if spec.disk_gb < image_gb:
+        raise InvalidInput(f"--disk {spec.disk_gb} GB is smaller than the image {spec.image_family} ({image_gb} GB); use --disk {image_gb} or more.")
+    if disk_zones:
+        # a data disk from an earlier `up` pins the VM to its zone: disks are zonal
+        pinned = disk_zones[0]
+        if spec.gpu:
+            zn.check_zone(spec, pinned, offered or {})
+        if pinned != first:
+            ctx.progress(f"Using the existing data disk {spec.data_disk_name} in {pinned}.")
+        queue: list[str] = []
+        first = pinned
+    else:
+        queue = zn.next_zones(first, ctx.zones, offered, spec)
+
+    price = price_for(spec, first)
+    if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
+        raise Aborted("Nothing created.")
+
+    # The firewall rule is not needed until SSH; create it beside the VM, off the critical path.
+    rule_call = fw.plan_rule(project, spec.name, ctx.ssh_from, rule)
+    calls_needed = ["instances.insert", "instances.delete"] + (["disks.insert", "disks.delete"] if spec.data_disk_gb else [])
+    if rule_call:
+        calls_needed += [rule_call.kind, "firewalls.delete"]
+    compute.clients_for(calls_needed)
+    create_deadline = compute.new_deadline(CREATE_TIMEOUT, f"{spec.name} to be created")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
+        f_fw = pool.submit(compute.run, rule_call, create_deadline) if rule_call else None
+        try:
+            created = _create_in_zones(ctx, spec, first, queue, create_deadline)
+        except BaseException:
+            _settle(f_fw)
+            if rule_call is not None and rule_call.kind == "firewalls.insert" and f_fw is not None and f_fw.exception() is None:
+                _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rule_call.resource}")
+            raise
+        if f_fw is not None:
+            f_fw.result()  # a failed rule is an error: the VM exists but SSH would be closed
+    inst = get_instance(compute, created, spec.name, create_deadline)
+    result = UpResult(
+        instance=inst,
+        action="created",
+        price_per_hour=price_for(spec, created),
+        attempts=ctx.attempts,
+        firewall_rule=rq.firewall_name(spec.name),
+        ssh_from=ctx.ssh_from,
+    )
+    # --- SSH step (issue 3): host key from guest attributes, ~/.ssh config. It slots in here,
+    # e.g. ``result.ssh = gcpdl.ssh.ready(inst, deadline)``; keep `up` returning UpResult.
+    result.api_calls = compute.calls
+    return result
+
+
+def _settle(f: Future | None) -> None:
+    if f is not None:
+        try:
+            f.result()
+        except BaseException:
+            pass
+
+
+def _cleanup(ctx: UpContext, call: ApiCall, what: str) -> None:
+    """Best-effort removal of something this run created; say so if it could not be removed."""
+    try:
+        ctx.compute.run(call, ctx.compute.new_deadline(DELETE_TIMEOUT, f"{what} to be removed"))
+        ctx.progress(f"Removed {what} created by this run.")
+    except GcpdlError as e:
+        ctx.progress(f"Could not remove {what}: {e.message} Remove it in the console.")
+
+
+def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str], deadline: Deadline) -> str:
+    """Try ``first``, then ``queue`` on stockout / regional quota. Returns the zone used."""
+    compute, project = ctx.compute, ctx.compute.project
+    tried: set[str] = set()
+    skip_regions: set[str] = set()
+    zone: str | None = first
+    ssh_keys, startup = ssh_keys_entry(), startup_for(spec)
+    while zone is not None:
+        tried.add(zone)
+        created_disk = False
+        ctx.progress(f"Creating {spec.name} in {zone}...")
+        try:
+            if spec.data_disk_gb:
+                existing = compute.get_or_none(f"{rq.zone_path(project, zone)}/disks/{spec.data_disk_name}", deadline)
+                if existing is None:
+                    compute.run(rq.data_disk_insert(project, zone, spec), deadline)
+                    created_disk = True
+            body = rq.instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup, now=ctx.now())
+            compute.run(rq.instance_insert(project, zone, body), deadline)
+            ctx.attempts.append(ZoneAttempt(zone, "created"))
+            return zone
+        except (Stockout, QuotaExceeded) as e:
+            if created_disk:
+                _cleanup(ctx, rq.disk_delete(project, zone, spec.data_disk_name), f"data disk {spec.data_disk_name}")
+            api = getattr(e, "api_error", None)
+            if isinstance(e, QuotaExceeded):
+                if getattr(e, "global_quota", True):
+                    ctx.attempts.append(ZoneAttempt(zone, "quota", e.message))
+                    raise
+                skip_regions.add(region_of(zone))
+                ctx.attempts.append(ZoneAttempt(zone, "quota", e.message))
+                ctx.progress(f"  {zone}: {e.message} Skipping region {region_of(zone)}.")
+            else:
+                ctx.attempts.append(ZoneAttempt(zone, "stockout", "no capacity for this VM right now"))
+                ctx.progress(f"  {zone}: out of capacity for {spec.machine_type}{' + ' + spec.gpu_label if spec.attached_gpu else ''}.")
+            available = api.zones_available if api is not None else []
+            queue = zn.reorder(queue, available, tried, skip_regions)
+            if len(tried) >= zn.MAX_ZONE_ATTEMPTS:
+                queue = []
+            zone = queue.pop(0) if queue else None
+        except BaseException:
+            if created_disk:
+                _cleanup(ctx, rq.disk_delete(project, zone, spec.data_disk_name), f"data disk {spec.data_disk_name}")
+            raise
+    summary = "; ".join(f"{a.zone}: {a.outcome}" for a in ctx.attempts)
+    raise Stockout(
+        f"No capacity for {spec.name} ({spec.machine_type}{', ' + spec.gpu_label if spec.gpu else ''}) in the zones tried ({summary}).",
+        fix="Try again later, another GPU, --spot, or more zones (gcpdl config set zones ZONE,ZONE).",
+    )
+
+
+def differences(spec: VmSpec, inst: Instance) -> list[str]:
+    out = []
+    if inst.machine_type != spec.machine_type:
+        out.append(f"machine type is {inst.machine_type}, not {spec.machine_type}")
+    if (inst.gpu, inst.gpu_count if inst.gpu else 0) != (spec.gpu, spec.gpu_count if spec.gpu else 0):
+        out.append(f"GPU is {inst.gpu_label}, not {spec.gpu_label}")
+    if inst.spot != spec.spot:
+        out.append("it is a Spot VM" if inst.spot else "it is not a Spot VM")
+    if inst.boot_disk_gb and inst.boot_disk_gb != spec.disk_gb:
+        out.append(f"boot disk is {inst.boot_disk_gb} GB, not {spec.disk_gb} GB")
+    return out
+
+
+def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None) -> UpResult:
+    """`up` on a VM that exists: never a duplicate. Start it if stopped; refresh the SSH rule."""
+    compute = ctx.compute
+    if not inst.managed:
+        raise InvalidInput(f"A VM named {spec.name} already exists in {inst.zone} and was not created by gcpdl; choose another name.")
+    diffs = differences(spec, inst)
+    rule_call = fw.plan_rule(compute.project, spec.name, ctx.ssh_from, rule)
+    deadline = compute.new_deadline(START_TIMEOUT, f"{spec.name} to start")
+    action = "reused"
+    if rule_call is not None:
+        compute.clients_for([rule_call.kind])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
+        f_fw = pool.submit(compute.run, rule_call, deadline) if rule_call else None
+        if inst.status in ("RUNNING",):
+            ctx.progress(f"{spec.name} is already running in {inst.zone}.")
+        else:
+            ctx.progress(f"Starting {spec.name} in {inst.zone}...")
+            inst = _start(compute, inst, deadline, ctx.now)
+            action = "started"
+        if f_fw is not None:
+            f_fw.result()
+    if action == "reused":
+        inst = get_instance(compute, inst.zone, inst.name, deadline) if inst.status != "RUNNING" else inst
+    result = UpResult(
+        instance=inst, action=action, price_per_hour=_price_of(inst), differences=diffs,
+        firewall_rule=rq.firewall_name(spec.name), ssh_from=ctx.ssh_from,
+    )
+    # --- SSH step (issue 3) slots in here too.
+    result.api_calls = compute.calls
+    return result
+
+
+def _price_of(inst: Instance) -> float:
+    return hourly_price(inst.machine_type, inst.gpu, inst.gpu_count, region_of(inst.zone), inst.spot,
+                        ((inst.boot_disk_gb or 0, "pd-balanced"),)).total
+
+
+# --- start / stop / down ------------------------------------------------------------------
+def _wait_settled(compute: Compute, inst: Instance, deadline: Deadline) -> Instance:
+    """Wait out a transition (STOPPING, PROVISIONING, ...) before acting on the VM."""
+    while inst.status in ("STOPPING", "SUSPENDING", "PROVISIONING", "STAGING", "REPAIRING", "PENDING_STOP"):
+        deadline.pause(compute.poll_interval)
+        inst = get_instance(compute, inst.zone, inst.name, deadline)
+    return inst
+
+
+def _runlog_call(compute: Compute, inst: Instance, event: str, now: float) -> ApiCall:
+    items = dict(inst.metadata)
+    items[rq.RUNLOG_KEY] = rq.runlog_append(items.get(rq.RUNLOG_KEY), event, now)
+    return rq.set_metadata(compute.project, inst.zone, inst.name, items, inst.metadata_fingerprint)
+
+
+def _start(compute: Compute, inst: Instance, deadline: Deadline, now: Callable[[], float]) -> Instance:
+    inst = _wait_settled(compute, inst, deadline)
+    if inst.status == "RUNNING":
+        return inst
+    compute.clients_for(["instances.setMetadata", "instances.start"])
+    # The run log line goes in first (a stopped VM takes metadata), but we do not wait for it
+    # before asking to start: both operations run side by side.
+    meta_op = compute.execute(_runlog_call(compute, inst, "start", now()), deadline)
+    start_op = compute.execute(rq.instance_start(compute.project, inst.zone, inst.name), deadline)
+    compute.wait(start_op, deadline, f"Starting {inst.name}")
+    _wait_quietly(compute, meta_op, deadline)
+    return get_instance(compute, inst.zone, inst.name, deadline)
+
+
+def _wait_quietly(compute: Compute, op: dict, deadline: Deadline) -> None:
+    try:
+        compute.wait(op, deadline, "run log update")
+    except GcpdlError:
+        pass  # the run log is for cost estimates; a lost line must not fail start/stop
+
+
+def start(compute: Compute, name: str, now: Callable[[], float] = time.time) -> Instance:
+    deadline = compute.new_deadline(START_TIMEOUT, f"{name} to start")
+    inst = require(compute, name, deadline)
+    return _start(compute, inst, deadline, now)
+
+
+def stop(compute: Compute, name: str, now: Callable[[], float] = time.time) -> Instance:
+    deadline = compute.new_deadline(STOP_TIMEOUT, f"{name} to stop")
+    inst = require(compute, name, deadline)
+    inst = _wait_settled(compute, inst, deadline)
+    if inst.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
+        return inst
+    compute.clients_for(["instances.setMetadata", "instances.stop"])
+    meta_op = compute.execute(_runlog_call(compute, inst, "stop", now()), deadline)
+    stop_op = compute.execute(rq.instance_stop(compute.project, inst.zone, inst.name), deadline)
+    compute.wait(stop_op, deadline, f"Stopping {name}")
+    _wait_quietly(compute, meta_op, deadline)
+    return get_instance(compute, inst.zone, inst.name, deadline)
+
+
+@dataclass
+class DownResult:
+    name: str
+    zone: str
+    deleted: list[str]
+    kept: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "zone": self.zone, "deleted": self.deleted, "kept": self.kept}
+
+
+def down(
+    compute: Compute,
+    name: str,
+    delete_data: bool = False,
+    confirm: Callable[[Instance], bool] | None = None,
+    now: Callable[[], float] = time.time,
+    progress: Progress = _quiet,
+) -> DownResult:
+    """Delete the VM and its boot disk and its firewall rule; keep NAME-data unless asked."""
+    deadline = compute.new_deadline(DELETE_TIMEOUT, f"{name} to be deleted")
+    inst = require(compute, name, deadline)
+    if not inst.managed:
+        raise InvalidInput(f"VM {name} was not created by gcpdl; delete it in the console if you mean to.")
+    if confirm is not None and not confirm(inst):
+        raise Aborted("Nothing deleted.")
+    project, zone = compute.project, inst.zone
+    data_disk = f"{name}-data"
+    has_data = data_disk in inst.disks
+    compute.clients_for(["instances.setMetadata", "instances.delete", "firewalls.delete", "disks.delete"])
+    deleted, kept = [f"instance {name}"], []
+    if inst.status == "RUNNING":
+        # last run-log line, for cost estimates until the VM is gone; not waited for
+        try:
+            compute.execute(_runlog_call(compute, inst, "stop", now()), deadline)
+        except GcpdlError:
+            pass
+    progress(f"Deleting {name} in {zone}...")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
+        f_fw = pool.submit(_delete_rule, compute, name, deadline)
+        compute.run(rq.instance_delete(project, zone, name), deadline)
+        if inst.disks:
+            deleted.append(f"boot disk {inst.disks[0]}")
+        if f_fw.result():
+            deleted.append(f"firewall rule {rq.firewall_name(name)}")
+    if has_data:
+        if delete_data:
+            compute.run(rq.disk_delete(project, zone, data_disk), deadline)
+            deleted.append(f"data disk {data_disk}")
+        else:
+            kept.append(f"data disk {data_disk}")
+    return DownResult(name, zone, deleted, kept)
+
+
+def _delete_rule(compute: Compute, name: str, deadline: Deadline) -> bool:
+    from gcpdl.errors import NotFound as _NF
+
+    try:
+        compute.run(rq.firewall_delete(compute.project, name), deadline)
+        return True
+    except _NF:
+        return False
+
+
+# --- status -------------------------------------------------------------------------------
+@dataclass
+class VmStatus:
+    instance: Instance
+    price_per_hour: float
+    uptime_s: float | None
+    autostop_reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        i = self.instance
+        return {
+            "name": i.name,
+            "zone": i.zone,
+            "state": i.state,
+            "machine_type": i.machine_type,
+            "gpu": i.gpu,
+            "gpu_count": i.gpu_count,
+            "spot": i.spot,
+            "external_ip": i.external_ip,
+            "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
+            "price_per_hour": self.price_per_hour,
+            "autostop_reason": self.autostop_reason,
+        }
+
+
+def status(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> list[VmStatus]:
+    deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
+    vms = list_managed(compute, deadline)
+    if name is not None:
+        vms = [v for v in vms if v.name == name]
+        if not vms:
+            raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
+    stopped = [v for v in vms if v.status in ("TERMINATED", "STOPPED", "SUSPENDED")]
+    extras: dict[str, tuple[bool, str | None]] = {}
+    if stopped:
+        with ThreadPoolExecutor(max_workers=min(8, len(stopped)), thread_name_prefix="gcpdl-status") as pool:
+            for v, res in zip(stopped, pool.map(lambda v: _stop_reason(compute, v, deadline), stopped)):
+                extras[v.name] = res
+    t = now()
+    out = []
+    for v in vms:
+        preempted, reason = extras.get(v.name, (False, None))
+        v.preempted = v.preempted or preempted
+        out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason))
+    return out
+
+
+AUTOSTOP_ATTRIBUTE = "gcpdl/autostop"
+
+
+def _stop_reason(compute: Compute, inst: Instance, deadline: Deadline) -> tuple[bool, str | None]:
+    """Best effort, one call per stopped VM: was it preempted, and did autostop leave a reason?"""
+    preempted = inst.preempted
+    reason = None
+    try:
+        data = compute.get_or_none(
+            f"{rq.instances_path(compute.project, inst.zone)}/{inst.name}/getGuestAttributes",
+            deadline, params={"queryPath": AUTOSTOP_ATTRIBUTE + "/"},
+        ) or {}
+        for item in (data.get("queryValue") or {}).get("items") or []:
+            if item.get("key") == "reason":
+                reason = item.get("value")
+        if data.get("variableValue") and reason is None:
+            reason = data["variableValue"]
+    except GcpdlError:
+        pass
+    return preempted, reason

@@ -1,0 +1,235 @@
+"""Request builders: every Compute mutation gcpdl makes, as plain ``ApiCall`` values.
+
+The dry-run prints these and the real run sends these same objects (``adapter.execute``), so the
+plan is exactly what goes over the wire. Bodies are the REST JSON (camelCase, int64 as strings),
+the shape the discovery document describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Callable
+
+from gcpdl.compute.model import ApiCall
+from gcpdl.spec import SSH_SCOPE, VmSpec
+
+API = "/compute/v1"
+RUNLOG_KEY = "gcpdl-runlog"
+AUTOSTOP_KEY = "gcpdl-autostop"
+RUNLOG_MAX_LINES = 200
+SSH_USER = "gcpdl"
+
+
+def _derived(prefix: str, name: str, suffix: str = "") -> str:
+    """A resource name built from the VM name that still fits RFC 1035's 63 characters: long
+    names are cut and made unique again with a short hash."""
+    full = f"{prefix}{name}{suffix}"
+    if len(full) <= 63:
+        return full
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    keep = 63 - len(prefix) - len(suffix) - 9
+    return f"{prefix}{name[:keep].rstrip('-')}-{digest}{suffix}"
+
+
+def network_tag(name: str) -> str:
+    return _derived("gcpdl-", name)
+
+
+def firewall_name(name: str) -> str:
+    return _derived("gcpdl-ssh-", name)
+
+
+def zone_path(project: str, zone: str) -> str:
+    return f"{API}/projects/{project}/zones/{zone}"
+
+
+def instances_path(project: str, zone: str) -> str:
+    return f"{zone_path(project, zone)}/instances"
+
+
+def runlog_append(existing: str | None, event: str, now: float) -> str:
+    """Append ``start|stop <unix-seconds>`` to the run log, keeping the last 200 lines."""
+    lines = [line for line in (existing or "").splitlines() if line.strip()]
+    lines.append(f"{event} {int(now)}")
+    return "\n".join(lines[-RUNLOG_MAX_LINES:])
+
+
+def labels_for(spec: VmSpec) -> dict[str, str]:
+    return {
+        "gcpdl": "managed",
+        "gcpdl-gpu": spec.gpu or "none",
+        "gcpdl-gpu-count": str(spec.gpu_count),
+        "gcpdl-spot": "true" if spec.spot else "false",
+    }
+
+
+def instance_body(
+    project: str,
+    zone: str,
+    spec: VmSpec,
+    *,
+    ssh_keys: str,
+    startup_script: str,
+    now: float,
+) -> dict:
+    zone_url = f"projects/{project}/zones/{zone}"
+    items = []
+    if spec.gpu:
+        items.append({"key": "install-nvidia-driver", "value": "True"})
+    items += [
+        {"key": "enable-guest-attributes", "value": "TRUE"},
+        {"key": "ssh-keys", "value": ssh_keys},
+        {"key": "startup-script", "value": startup_script},
+        {"key": AUTOSTOP_KEY, "value": str(spec.autostop_minutes) if spec.autostop_minutes else "off"},
+        {"key": RUNLOG_KEY, "value": runlog_append(None, "start", now)},
+    ]
+    disks: list[dict] = [
+        {
+            "boot": True,
+            "autoDelete": True,
+            "deviceName": "boot",
+            "type": "PERSISTENT",
+            "mode": "READ_WRITE",
+            "initializeParams": {
+                "sourceImage": f"projects/{spec.image_project}/global/images/family/{spec.image_family}",
+                "diskSizeGb": str(spec.disk_gb),
+                "diskType": f"{zone_url}/diskTypes/{spec.disk_type}",
+            },
+        }
+    ]
+    if spec.data_disk_gb:
+        # autoDelete false: the dataset outlives `down` unless --delete-data says otherwise.
+        disks.append(
+            {
+                "boot": False,
+                "autoDelete": False,
+                "deviceName": "data",
+                "type": "PERSISTENT",
+                "mode": "READ_WRITE",
+                "source": f"{zone_url}/disks/{spec.data_disk_name}",
+            }
+        )
+    scheduling: dict = {}
+    if spec.gpu:
+        # GPUs cannot live-migrate: the API refuses a GPU VM without TERMINATE.
+        scheduling["onHostMaintenance"] = "TERMINATE"
+        scheduling["automaticRestart"] = not spec.spot
+    if spec.spot:
+        # STOP, not DELETE: a preempted VM keeps its disk and can be started again.
+        scheduling.update(provisioningModel="SPOT", instanceTerminationAction="STOP", automaticRestart=False)
+    if spec.max_hours:
+        scheduling["maxRunDuration"] = {"seconds": str(int(spec.max_hours * 3600))}
+        scheduling["instanceTerminationAction"] = "STOP"
+    body: dict = {
+        "name": spec.name,
+        "machineType": f"{zone_url}/machineTypes/{spec.machine_type}",
+        "labels": labels_for(spec),
+        "tags": {"items": [network_tag(spec.name)]},
+        "metadata": {"items": items},
+        "disks": disks,
+        "networkInterfaces": [
+            {
+                "network": f"projects/{project}/global/networks/default",
+                "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "networkTier": "PREMIUM"}],
+            }
+        ],
+        # read-only storage scope: `gcpdl sync` runs on the VM and reads gs:// with it
+        "serviceAccounts": [{"email": "default", "scopes": [SSH_SCOPE]}],
+    }
+    if spec.attached_gpu:
+        body["guestAccelerators"] = [
+            {"acceleratorType": f"{zone_url}/acceleratorTypes/{spec.accelerator}", "acceleratorCount": spec.gpu_count}
+        ]
+    if scheduling:
+        body["scheduling"] = scheduling
+    return body
+
+
+def instance_insert(project: str, zone: str, body: dict) -> ApiCall:
+    return ApiCall("instances.insert", "POST", instances_path(project, zone), body, project, zone, body["name"])
+
+
+def data_disk_insert(project: str, zone: str, spec: VmSpec) -> ApiCall:
+    body = {
+        "name": spec.data_disk_name,
+        "sizeGb": str(spec.data_disk_gb),
+        "type": f"projects/{project}/zones/{zone}/diskTypes/pd-balanced",
+        "labels": {"gcpdl": "managed", "gcpdl-vm": spec.name},
+    }
+    return ApiCall("disks.insert", "POST", f"{zone_path(project, zone)}/disks", body, project, zone, spec.data_disk_name)
+
+
+def firewall_body(project: str, name: str, source: str) -> dict:
+    return {
+        "name": firewall_name(name),
+        "description": f"gcpdl: SSH to {name} from {source} only",
+        "network": f"projects/{project}/global/networks/default",
+        "direction": "INGRESS",
+        "priority": 1000,
+        "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
+        "sourceRanges": [source],
+        "targetTags": [network_tag(name)],
+    }
+
+
+def firewall_insert(project: str, name: str, source: str) -> ApiCall:
+    body = firewall_body(project, name, source)
+    return ApiCall("firewalls.insert", "POST", f"{API}/projects/{project}/global/firewalls", body, project, None, body["name"])
+
+
+def firewall_patch(project: str, name: str, source: str) -> ApiCall:
+    rule = firewall_name(name)
+    body = {"sourceRanges": [source], "description": f"gcpdl: SSH to {name} from {source} only"}
+    return ApiCall("firewalls.patch", "PATCH", f"{API}/projects/{project}/global/firewalls/{rule}", body, project, None, rule)
+
+
+def firewall_delete(project: str, name: str) -> ApiCall:
+    rule = firewall_name(name)
+    return ApiCall("firewalls.delete", "DELETE", f"{API}/projects/{project}/global/firewalls/{rule}", None, project, None, rule)
+
+
+def _instance_action(kind: str, verb: str, project: str, zone: str, name: str) -> ApiCall:
+    return ApiCall(kind, "POST", f"{instances_path(project, zone)}/{name}/{verb}", None, project, zone, name)
+
+
+def instance_start(project: str, zone: str, name: str) -> ApiCall:
+    return _instance_action("instances.start", "start", project, zone, name)
+
+
+def instance_stop(project: str, zone: str, name: str) -> ApiCall:
+    return _instance_action("instances.stop", "stop", project, zone, name)
+
+
+def instance_delete(project: str, zone: str, name: str) -> ApiCall:
+    return ApiCall("instances.delete", "DELETE", f"{instances_path(project, zone)}/{name}", None, project, zone, name)
+
+
+def disk_delete(project: str, zone: str, disk: str) -> ApiCall:
+    return ApiCall("disks.delete", "DELETE", f"{zone_path(project, zone)}/disks/{disk}", None, project, zone, disk)
+
+
+def set_metadata(project: str, zone: str, name: str, items: dict[str, str], fingerprint: str | None) -> ApiCall:
+    body: dict = {"items": [{"key": k, "value": v} for k, v in items.items()]}
+    if fingerprint:
+        body["fingerprint"] = fingerprint
+    return ApiCall("instances.setMetadata", "POST", f"{instances_path(project, zone)}/{name}/setMetadata", body, project, zone, name)
+
+
+def plan_create(
+    project: str,
+    zone: str,
+    spec: VmSpec,
+    ssh_source: str,
+    *,
+    ssh_keys: str,
+    startup_script: str,
+    now: Callable[[], float] = time.time,
+) -> list[ApiCall]:
+    """The requests that create a VM from nothing: firewall rule, data disk, instance."""
+    calls = [firewall_insert(project, spec.name, ssh_source)]
+    if spec.data_disk_gb:
+        calls.append(data_disk_insert(project, zone, spec))
+    body = instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup_script, now=now())
+    calls.append(instance_insert(project, zone, body))
+    return calls
