@@ -54,6 +54,13 @@ class Gpu:
     label: str = ""
 
     @property
+    def quota_metric(self) -> str:
+        """Regional quota metric (PREEMPTIBLE_ + this for Spot)."""
+        return {"t4": "NVIDIA_T4_GPUS", "p4": "NVIDIA_P4_GPUS", "p100": "NVIDIA_P100_GPUS", "v100": "NVIDIA_V100_GPUS",
+                "l4": "NVIDIA_L4_GPUS", "a100": "NVIDIA_A100_GPUS", "a100-80gb": "NVIDIA_A100_80GB_GPUS",
+                "h100": "NVIDIA_H100_GPUS"}[self.key]
+
+    @property
     def counts(self) -> tuple[int, ...]:
         return tuple(sorted(self.machines))
 

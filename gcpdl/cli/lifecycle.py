@@ -1,0 +1,87 @@
+"""`gcpdl stop`, `gcpdl start`, `gcpdl down`."""
+
+from __future__ import annotations
+
+import click
+
+from gcpdl.cli.app import App
+from gcpdl.cli.options import json_option, name_argument, project_option, yes_option
+
+
+def _compute(app: App, project: str | None):
+    from gcpdl.compute.adapter import Compute, prefetch
+
+    prefetch()  # stop/start/down mutate: overlap the compute_v1 import with the lookup
+    factory = app.factory(project=project)
+    return Compute(factory, factory.project())
+
+
+def _validate(name: str) -> None:
+    from gcpdl.spec import validate_name
+
+    validate_name(name)
+
+
+def _row(inst) -> dict:
+    return {"name": inst.name, "zone": inst.zone, "state": inst.state, "external_ip": inst.external_ip}
+
+
+@click.command()
+@name_argument
+@project_option
+@json_option
+@click.pass_obj
+def stop(app: App, name: str, project: str | None, as_json: bool) -> None:
+    """Stop the VM NAME: GPU and CPU billing stop, its disks are kept (and still billed)."""
+    from gcpdl.compute import lifecycle
+
+    _validate(name)
+    compute = _compute(app, project)
+    app.say(f"Stopping {name}...")
+    inst = lifecycle.stop(compute, name)
+    app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}")
+
+
+@click.command()
+@name_argument
+@project_option
+@json_option
+@click.pass_obj
+def start(app: App, name: str, project: str | None, as_json: bool) -> None:
+    """Start the stopped VM NAME again."""
+    from gcpdl.compute import lifecycle
+
+    _validate(name)
+    compute = _compute(app, project)
+    app.say(f"Starting {name}...")
+    inst = lifecycle.start(compute, name)
+    app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
+
+
+@click.command()
+@name_argument
+@click.option("--delete-data", is_flag=True, help="Also delete the data disk NAME-data (default: keep it).")
+@project_option
+@yes_option
+@json_option
+@click.pass_obj
+def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool, as_json: bool) -> None:
+    """Delete the VM NAME, its boot disk and its SSH firewall rule. The data disk is kept."""
+    from gcpdl.compute import lifecycle
+
+    _validate(name)
+    compute = _compute(app, project)
+
+    def confirm(inst) -> bool:
+        extra = " and its data disk" if delete_data else ""
+        return click.confirm(f"Delete {inst.name} in {inst.zone}{extra}? This cannot be undone.", default=False, err=True)
+
+    result = lifecycle.down(compute, name, delete_data=delete_data, confirm=None if yes else confirm, progress=app.say)
+    app.emit(result.as_dict(), as_json, _render)
+
+
+def _render(r: dict) -> str:
+    lines = [f"Deleted {', '.join(r['deleted'])}."]
+    if r["kept"]:
+        lines.append(f"Kept {', '.join(r['kept'])} (gcpdl down {r['name']} --delete-data removes it).")
+    return "\n".join(lines)
