@@ -42,6 +42,13 @@ class StartupOptions:
     driver_wait_seconds: int = 900  # the DLVM installs the driver on first boot: minutes
     jupyter_wait_seconds: int = 300
 
+    @property
+    def agent_files(self) -> dict[str, str]:
+        """The autostop agent's source files for templates/autostop.sh.j2 (issue 5)."""
+        from gcpdl.agent import agent_sources
+
+        return agent_sources()
+
 
 def render_startup_script(options: StartupOptions) -> str:
     from gcpdl.render import render

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -131,7 +132,10 @@ def probe_gpu() -> dict:
 
 
 def build_agent(args: argparse.Namespace) -> Agent:
-    endpoint = sig.JupyterEndpoint(args.jupyter_url, args.jupyter_token or "") if args.jupyter_url else None
+    # the token comes from the environment (the unit's EnvironmentFile), not the command line,
+    # where every user on the VM could read it
+    token = args.jupyter_token or os.environ.get("JUPYTER_TOKEN", "")
+    endpoint = sig.JupyterEndpoint(args.jupyter_url, token) if args.jupyter_url else None
     locate = (lambda: endpoint) if endpoint else sig.discover_jupyter
     signals = [
         sig.JupyterSignal(locate),
@@ -158,7 +162,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-command", default=DEFAULT_STOP_COMMAND)
     p.add_argument("--metadata-host", default=None, help="host[:port] of the metadata server")
     p.add_argument("--jupyter-url", default=None, help="default: found from jupyter's runtime files")
-    p.add_argument("--jupyter-token", default=None)
+    p.add_argument("--jupyter-token", default=None, help="default: $JUPYTER_TOKEN")
     p.add_argument("--sync-lock", default=sig.SYNC_LOCK)
     p.add_argument("--probe-gpu", action="store_true", help="print what NVML and nvidia-smi report and exit")
     p.add_argument("--once", action="store_true", help="look once, print the readings, stop nothing")
