@@ -305,3 +305,47 @@ def test_delete_and_reset(gcs):
     gcs.reset()
     assert _raw(gcs, "GET", "/storage/v1/b/data")[0] == 404
     assert gcs.counters()["requests"] == 1  # only the request made after the reset
+
+
+# --- cross-check against gcp-storage-emulator ------------------------------------------------------
+def _snapshot(url: str, monkeypatch, bucket: str) -> dict:
+    """What a client sees: listing (with and without delimiter), metadata, whole and ranged media."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    client = _client()
+    listed = {b.name: (b.size, b.crc32c, b.md5_hash) for b in client.list_blobs(bucket)}
+    it = client.list_blobs(bucket, prefix="mixed/", delimiter="/")
+    top = sorted(b.name for b in it)
+    b = client.bucket(bucket)
+    meta = {}
+    media = {}
+    for name in listed:
+        blob = b.get_blob(name)
+        meta[name] = (blob.size, blob.crc32c, blob.md5_hash, blob.content_type)
+        media[name] = (
+            _crc(blob.download_as_bytes(checksum="crc32c")),
+            blob.download_as_bytes(start=3, end=10) if blob.size > 10 else None,
+        )
+    return {"listed": listed, "top": top, "prefixes": sorted(it.prefixes), "meta": meta, "media": media}
+
+
+def test_standin_agrees_with_gcp_storage_emulator(gcs, gcs_emu, monkeypatch):
+    explicit = {
+        "mixed/a.txt": b"alpha",
+        "mixed/sub/b.bin": bytes(range(256)) * 3,
+        "mixed/sub/deeper/c": b"",
+        "mixed/space name.jpg": b"\xff\xd8\xff" + b"j" * 5000,
+        "top-level": b"t",
+    }
+    for server in (gcs, gcs_emu):
+        server.create_bucket("same", public=True)
+        for name, data in explicit.items():  # through each server's own upload path
+            server.put("same", name, data, content_type="application/octet-stream")
+        # generated: the emulator gets them through its data directory (more than a handful)
+        server.generate("same", "gen/", count=30, size=3000, seed=9)
+    ours = _snapshot(gcs.url, monkeypatch, "same")
+    theirs = _snapshot(gcs_emu.url, monkeypatch, "same")
+    assert len(ours["listed"]) == 35
+    assert ours["top"] == theirs["top"] == ["mixed/a.txt", "mixed/space name.jpg"]
+    assert ours["prefixes"] == theirs["prefixes"] == ["mixed/sub/"]
+    for key in ("listed", "meta", "media"):
+        assert ours[key] == theirs[key], key
