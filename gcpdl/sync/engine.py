@@ -1,0 +1,478 @@
+"""Orchestration: listing thread -> plan -> pooled transfers -> state -> summary.
+
+The listing runs in a thread (google-cloud-storage is synchronous) and hands the event loop one
+batch per page, already planned: filtered, mapped to safe paths and checked against the state
+and a stat, so the loop only sees objects to fetch. At most PLAN_AHEAD objects wait in memory;
+downloads start when the listing is complete or that many are waiting, so for listings of up to
+PLAN_AHEAD objects the free-space check sees the whole job before a byte is fetched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import stat as statmod
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from gcpdl.errors import CredentialsError, GcpdlError, InvalidInput, SyncError
+from gcpdl.sync import listing as listing_mod
+from gcpdl.sync.paths import STATE_DIRNAME, Filters, Unsafe, relative_path
+from gcpdl.sync.progress import Failure, Progress, SyncSummary
+from gcpdl.sync.state import ReadOnlyState, State, clear_parts
+from gcpdl.sync.url import GcsUrl
+from gcpdl.sync.verify import require_c_crc32c
+
+DEFAULT_JOBS = 64
+PLAN_AHEAD = 50_000  # objects planned but not yet started; bounds memory (~150 B each)
+DEFAULT_STORAGE_ENDPOINT = "https://storage.googleapis.com"
+MAX_WARNINGS = 20  # per kind; the rest are counted in the summary
+
+ProgressFn = Callable[[Progress], None]
+WarnFn = Callable[[str], None]
+
+
+@dataclass
+class SyncOptions:
+    source: GcsUrl
+    dest: Path
+    jobs: int = DEFAULT_JOBS
+    delete: bool = False
+    dry_run: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    billing_project: str | None = None
+    anonymous: bool = False
+    slice_size: int = 16 << 20
+    retry_base: float = 0.25
+    progress_interval: float = 0.5
+
+
+def file_crc32c(path: str) -> int:
+    import google_crc32c
+
+    crc = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                return crc
+            crc = google_crc32c.extend(crc, chunk)
+
+
+def _identity(creds: Any) -> str:
+    if creds is None:
+        return "anonymous"
+    email = getattr(creds, "service_account_email", None)
+    if email and email != "default":
+        return email
+    return getattr(creds, "account", None) or "your Google account (see: gcloud auth list)"
+
+
+def _credentials(factory: Any, anonymous: bool, warn: WarnFn) -> Any | None:
+    """None means anonymous: asked for, an emulator, or no credentials at all (public buckets)."""
+    if anonymous or getattr(factory, "storage_is_emulator", False):
+        return None
+    try:
+        return factory.credentials()
+    except CredentialsError:
+        warn("No Google credentials found; trying anonymous access (works for public buckets).")
+        return None
+
+
+class _Run:
+    """State shared by the listing thread and the event loop for one sync."""
+
+    def __init__(self, opts: SyncOptions, on_progress: ProgressFn | None, on_warning: WarnFn | None):
+        self.opts = opts
+        self.dest = str(opts.dest)
+        self.filters = Filters(opts.include, opts.exclude)
+        self.on_progress = on_progress
+        self._warn = on_warning or (lambda m: None)
+        self.summary = SyncSummary(source=str(opts.source), dest=self.dest, dry_run=opts.dry_run)
+        self.warn_counts: dict[str, int] = {}
+        self.started = time.monotonic()
+        # written by the listing thread
+        self.planned_files = 0
+        self.planned_bytes = 0
+        self.listing_done = False
+        self.seen: set[str] | None = set() if opts.delete else None
+        # written by the loop
+        self.bytes_live = 0
+        self.abort = threading.Event()
+
+    def warn(self, kind: str, message: str) -> None:
+        n = self.warn_counts.get(kind, 0) + 1
+        self.warn_counts[kind] = n
+        if n <= MAX_WARNINGS:
+            self._warn(message)
+        elif n == MAX_WARNINGS + 1:
+            self._warn(f"(more {kind} warnings are counted in the summary, not shown)")
+
+    def progress(self) -> Progress:
+        s = self.summary
+        return Progress(
+            files_done=s.files,
+            files_total=self.planned_files,
+            bytes_done=min(self.bytes_live, self.planned_bytes),
+            bytes_total=self.planned_bytes,
+            skipped=s.skipped,
+            failed=s.failed,
+            listed=s.listed,
+            listing_done=self.listing_done,
+            elapsed=time.monotonic() - self.started,
+        )
+
+    # --- planning (listing thread) -----------------------------------------------------------
+    def plan_page(self, page: list, state: Any) -> list:
+        s = self.summary
+        s.listed += len(page)
+        keep = []
+        prefix = self.opts.source.prefix
+        for rec in page:
+            rel = relative_path(rec.name, prefix)
+            if rel is None:
+                s.placeholders += 1
+                continue
+            if isinstance(rel, Unsafe):
+                s.unsafe += 1
+                self.warn("unsafe-name", f"Skipping object {rel.name!r}: its name {rel.reason}.")
+                continue
+            if self.filters and not self.filters.keep(rel):
+                s.filtered += 1
+                continue
+            keep.append((rec, rel))
+        if not keep:
+            return []
+        if self.seen is not None:
+            self.seen.update(rel for _, rel in keep)
+        rows = state.rows_between(keep[0][1], keep[-1][1])
+        base = self.dest + "/"
+        fetch = []
+        for rec, rel in keep:
+            path = base + rel
+            try:
+                st = os.stat(path)
+            except OSError:  # missing, or a file where a folder should be: fetch decides
+                st = None
+            if st is not None and statmod.S_ISREG(st.st_mode) and st.st_size == rec.size:
+                row = rows.get(rel)
+                if (
+                    row is not None
+                    and row.size == rec.size
+                    and row.mtime_ns == st.st_mtime_ns
+                    and (row.crc32c == rec.crc32c if rec.crc32c is not None else row.generation == rec.generation)
+                ):
+                    s.skipped += 1
+                    continue
+                # No row (a crash before the batch was committed, or a DEST filled another way):
+                # the bytes decide, and reading them is cheaper than fetching them again.
+                if rec.crc32c is not None and file_crc32c(path) == rec.crc32c:
+                    state.record(rel, rec.generation, rec.size, rec.crc32c, st.st_mtime_ns)
+                    s.skipped += 1
+                    continue
+            fetch.append((rec, rel))
+        self.planned_files += len(fetch)
+        self.planned_bytes += sum(r.size for r, _ in fetch)
+        return fetch
+
+
+def run_sync(
+    opts: SyncOptions,
+    factory: Any,
+    on_progress: ProgressFn | None = None,
+    on_warning: WarnFn | None = None,
+) -> SyncSummary:
+    """Sync ``opts.source`` into ``opts.dest``; raises GcpdlError subclasses for whole-run errors.
+
+    Objects that fail individually are listed in the summary's ``failures``.
+    """
+    require_c_crc32c()
+    if opts.jobs < 1 or opts.jobs > 4096:
+        raise InvalidInput(f"--jobs must be between 1 and 4096 (got {opts.jobs}).")
+    dest = opts.dest
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"DEST {dest} exists and is not a folder.")
+    run = _Run(opts, on_progress, on_warning)
+    creds = _credentials(factory, opts.anonymous, on_warning or (lambda m: None))
+    identity = _identity(creds)
+    client = factory.storage(project=opts.billing_project, anonymous=creds is None)
+    pages = listing_mod.iter_pages(client, opts.source.bucket, opts.source.prefix, opts.billing_project, identity)
+    # The first page before touching DEST: a missing bucket or a denied read leaves nothing behind.
+    first = next(pages, [])
+
+    created_dest = False
+    state: Any
+    if opts.dry_run:
+        state = ReadOnlyState(dest)
+    else:
+        created_dest = not dest.exists()
+        had_state = (dest / STATE_DIRNAME).exists()
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            state = State(dest)
+        except OSError as e:
+            from gcpdl.sync.transfer import disk_error
+
+            raise disk_error(e, str(dest)) from None
+        parts = state.dir / "parts"
+        clear_parts(parts)
+    ok = False
+    try:
+        asyncio.run(_main(run, state, creds, identity, factory, first, pages, None if opts.dry_run else parts))
+        ok = True
+    finally:
+        run.abort.set()
+        state.close()
+        if not opts.dry_run:
+            clear_parts(parts)
+            if not ok and created_dest and run.summary.files == 0:
+                # nothing was fetched into a DEST we created: leave no trace
+                shutil.rmtree(dest, ignore_errors=True)
+            elif not ok and not had_state and run.summary.files == 0:
+                shutil.rmtree(state.dir, ignore_errors=True)
+    s = run.summary
+    s.seconds = round(time.monotonic() - run.started, 3)
+    if opts.dry_run:
+        s.files, s.bytes = run.planned_files, run.planned_bytes
+    elapsed = max(s.seconds, 1e-9)
+    s.files_per_s = round(s.files / elapsed, 1)
+    s.mb_per_s = round(s.bytes / 1e6 / elapsed, 2)
+    s.failed = len(s.failures)
+    return s
+
+
+async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, first: list, pages, parts: Path | None) -> None:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    slots = threading.Semaphore(max(2, PLAN_AHEAD // listing_mod.PAGE_SIZE))
+    ready = asyncio.Event()
+
+    def lister() -> None:
+        try:
+            page_iter = itertools.chain([first], pages)
+            for page in page_iter:
+                if run.abort.is_set():
+                    return
+                batch = run.plan_page(page, state)
+                if batch:
+                    while not slots.acquire(timeout=0.2):
+                        if run.abort.is_set():
+                            return
+                    loop.call_soon_threadsafe(queue.put_nowait, ("batch", batch))
+                if run.planned_files >= PLAN_AHEAD and not ready.is_set():
+                    loop.call_soon_threadsafe(ready.set)
+            run.listing_done = True
+            loop.call_soon_threadsafe(ready.set)
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        except BaseException as e:  # handed to the loop, which raises it
+            run.listing_done = True
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+            loop.call_soon_threadsafe(ready.set)
+
+    thread = threading.Thread(target=lister, name="gcpdl-sync-listing", daemon=True)
+    thread.start()
+    ticker = asyncio.ensure_future(_tick(run))
+    try:
+        if parts is None:
+            await _drain(queue, slots)
+        else:
+            await ready.wait()
+            await _transfer(run, state, creds, identity, factory, queue, slots, parts)
+        if run.opts.delete and not run.summary.failures:
+            _delete_extraneous(run, state)
+    finally:
+        run.abort.set()
+        ticker.cancel()
+        if run.on_progress:
+            run.on_progress(run.progress())
+        await loop.run_in_executor(None, thread.join, 5.0)
+
+
+async def _tick(run: _Run) -> None:
+    if run.on_progress is None:
+        return
+    while True:
+        await asyncio.sleep(run.opts.progress_interval)
+        run.on_progress(run.progress())
+
+
+async def _drain(queue: asyncio.Queue, slots: threading.Semaphore) -> None:
+    while True:
+        kind, value = await queue.get()
+        if kind == "error":
+            raise value
+        if kind == "done":
+            return
+        slots.release()
+
+
+def _check_space(run: _Run) -> None:
+    need = run.planned_bytes - run.bytes_live
+    if need <= 0:
+        return
+    free = shutil.disk_usage(run.dest).free
+    if need > free:
+        raise SyncError(
+            f"Not enough space on {run.dest}: {_human(need)} to fetch, {_human(free)} free.",
+            fix="Free some space, pick a bigger disk, or narrow the sync with --include/--exclude.",
+        )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+async def _transfer(run, state, creds, identity, factory, queue, slots, parts: Path) -> None:
+    from gcpdl.sync.ramp import RateLimiter, Window
+    from gcpdl.sync.transfer import Auth, Collision, Fetcher, Gone, ObjectFailed, disk_error
+
+    opts = run.opts
+    s = run.summary
+
+    def on_bytes(n: int) -> None:
+        run.bytes_live += n
+
+    fetcher = Fetcher(
+        factory.storage_endpoint or DEFAULT_STORAGE_ENDPOINT,
+        opts.source.bucket,
+        Auth(creds),
+        Window(opts.jobs),
+        RateLimiter(),
+        run.dest,
+        user_project=opts.billing_project,
+        slice_size=opts.slice_size,
+        retry_base=opts.retry_base,
+        on_bytes=on_bytes,
+        identity=identity,
+    )
+    items: deque = deque()
+    done = False
+    made_dirs: set[str] = {run.dest}
+    counter = itertools.count()
+    parts_dir = str(parts)
+    base = run.dest + "/"
+
+    async def next_item():
+        nonlocal done
+        while not items:
+            if done:
+                return None
+            kind, value = await queue.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                done = True
+                queue.put_nowait(("done", None))  # let the other workers see it too
+                return None
+            slots.release()
+            items.extend(value)
+            _check_space(run)
+        return items.popleft()
+
+    async def handle(rec, rel: str) -> None:
+        final = base + rel
+        parent = final.rsplit("/", 1)[0]
+        if parent not in made_dirs:
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                s.collisions += 1
+                run.warn("collision", f"Skipping {rec.name!r}: a file is in the way of its folder ({_collider(base, rel)}).")
+                return
+            except OSError as e:
+                raise disk_error(e, run.dest) from None
+            made_dirs.add(parent)
+        part = f"{parts_dir}/{next(counter)}.part"
+        try:
+            got = await fetcher.fetch(rec.name, rec.generation, rec.size, rec.crc32c, rec.md5, part, final)
+        except Collision:
+            s.collisions += 1
+            run.warn("collision", f"Skipping {rec.name!r}: a folder named {rel!r} is in the way.")
+        except Gone:
+            s.gone += 1
+            run.warn("gone", f"Skipping {rec.name!r}: it changed or was deleted in the bucket during the sync; re-run to fetch it.")
+        except ObjectFailed as e:
+            s.failures.append(Failure(rec.name, str(e)))
+            s.failed = len(s.failures)
+            _unlink(part)
+        else:
+            state.record(rel, rec.generation, rec.size, got.crc32c, got.mtime_ns)
+            s.files += 1
+            s.bytes += rec.size
+
+    async def worker() -> None:
+        while True:
+            item = await next_item()
+            if item is None:
+                return
+            await handle(*item)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(opts.jobs):
+                tg.create_task(worker())
+    except* GcpdlError as eg:
+        raise eg.exceptions[0] from None
+    except* OSError as eg:
+        raise disk_error(eg.exceptions[0], run.dest) from None
+    finally:
+        s.requests, s.retries = fetcher.requests, fetcher.retries
+        fetcher.close()
+
+
+def _collider(base: str, rel: str) -> str:
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        p = "/".join(parts[:i])
+        if os.path.isfile(base + p):
+            return f"file {p!r}"
+    return "a file"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _delete_extraneous(run: _Run, state: Any) -> None:
+    """--delete: remove files under DEST that the listing did not name. Never the state dir,
+    never anything the filters exclude, never outside DEST (os.walk does not follow links)."""
+    seen = run.seen or set()
+    dest = run.dest
+    touched: set[str] = set()
+    for root, dirs, files in os.walk(dest):
+        if root == dest and STATE_DIRNAME in dirs:
+            dirs.remove(STATE_DIRNAME)
+        rel_root = os.path.relpath(root, dest)
+        for fname in files:
+            rel = fname if rel_root == "." else f"{rel_root}/{fname}"
+            if rel in seen or (run.filters and not run.filters.keep(rel)):
+                continue
+            if run.opts.dry_run:
+                run.summary.would_delete.append(rel)
+                run.summary.deleted += 1
+                continue
+            os.unlink(os.path.join(root, fname))
+            state.forget(rel)
+            run.summary.deleted += 1
+            touched.add(root)
+    for d in sorted(touched, key=len, reverse=True):
+        while d != dest and d.startswith(dest + "/"):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+            d = os.path.dirname(d)

@@ -1,0 +1,89 @@
+"""Stream a bucket listing page by page as small records.
+
+Listing goes through google-cloud-storage (its auth, endpoint handling, userProject and retry
+policy), but we read each page's raw JSON items rather than letting the library build a Blob per
+item (~1.7 KB each): memory grows by one small tuple per object in flight, and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, NamedTuple
+
+from gcpdl.errors import GcpdlError, InvalidInput, NotFound, PermissionDenied, SyncError
+from gcpdl.sync.verify import decode_gcs_crc
+
+PAGE_SIZE = 1000  # the API's maximum
+LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash),nextPageToken"
+VIEWER_ROLE = "roles/storage.objectViewer"
+
+
+class ObjectRecord(NamedTuple):
+    name: str
+    size: int
+    generation: int
+    crc32c: int | None  # decoded; None when the server did not report one
+    md5: str | None  # base64, only used when there is no crc32c
+
+
+def iter_pages(client: Any, bucket: str, prefix: str, user_project: str | None = None, identity: str = "") -> Iterator[list[ObjectRecord]]:
+    """Yield lists of ObjectRecord, one per listing page, in name order."""
+    from google.api_core import exceptions as gexc
+
+    bucket_ref = client.bucket(bucket, user_project=user_project)
+    it = client.list_blobs(bucket_ref, prefix=prefix or None, page_size=PAGE_SIZE, fields=LIST_FIELDS)
+    pages = it.pages
+    while True:
+        try:
+            page = next(pages)
+        except StopIteration:
+            return
+        except gexc.GoogleAPICallError as e:
+            raise map_api_error(e, bucket, identity, user_project) from None
+        except Exception as e:  # requests' connection errors and the like, after the library's retries
+            if isinstance(e, GcpdlError):
+                raise
+            raise SyncError(f"Cannot list gs://{bucket}: {type(e).__name__}: {_first_line(str(e))}") from None
+        items = (page.raw_page or {}).get("items") or ()
+        yield [
+            ObjectRecord(
+                i["name"],
+                int(i.get("size", 0)),
+                int(i.get("generation", 0) or 0),
+                decode_gcs_crc(i.get("crc32c")),
+                i.get("md5Hash"),
+            )
+            for i in items
+        ]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n")[0][:200]
+
+
+def map_api_error(e: Any, bucket: str, identity: str, user_project: str | None) -> GcpdlError:
+    code = getattr(e, "code", None)
+    message = getattr(e, "message", "") or str(e)
+    low = message.lower()
+    who = identity or "the current credentials"
+    if code == 404:
+        return NotFound(f"Bucket gs://{bucket} does not exist (or is not visible to {who}).")
+    if code in (401, 403) or "requester pays" in low or "user project" in low:
+        if "requester pays" in low or "user project" in low or "userproject" in low:
+            if user_project:
+                return PermissionDenied(
+                    f"gs://{bucket} is requester-pays and {who} cannot bill project {user_project} for it.",
+                    fix="Grant roles/serviceusage.serviceUsageConsumer on that project, or pick another --billing-project.",
+                )
+            return InvalidInput(
+                f"gs://{bucket} is a requester-pays bucket.", fix="Pass --billing-project PROJECT_ID to pay for the reads."
+            )
+        if identity == "anonymous":
+            return PermissionDenied(
+                f"Anonymous access to gs://{bucket} is denied; it is not a public bucket.",
+                fix="Run: gcloud auth application-default login",
+            )
+        return PermissionDenied(
+            f"Access denied to gs://{bucket} for {who}.",
+            fix=f"Grant it {VIEWER_ROLE}: gcloud storage buckets add-iam-policy-binding gs://{bucket} --member=... --role={VIEWER_ROLE}",
+        )
+    return SyncError(f"Listing gs://{bucket} failed ({code}): {_first_line(message)}")
