@@ -106,6 +106,15 @@ class ClientFactory:
     def storage_endpoint(self) -> str | None:
         return self.settings.storage_endpoint
 
+    @property
+    def storage_is_emulator(self) -> bool:
+        """True when the storage endpoint came from STORAGE_EMULATOR_HOST (anonymous access)."""
+        import os
+
+        return bool(os.environ.get("STORAGE_EMULATOR_HOST")) and not os.environ.get("GCPDL_STORAGE_ENDPOINT") and (
+            self.settings.sources.get("storage_endpoint") == "env"
+        )
+
     def storage(self, project: str | None = None, anonymous: bool = False) -> Any:
         """A google-cloud-storage client. Honours GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST."""
         from google.cloud import storage
@@ -115,9 +124,10 @@ class ClientFactory:
             from google.auth.credentials import AnonymousCredentials
 
             return storage.Client(project=project or "anonymous", credentials=AnonymousCredentials(), client_options=options)
-        if self.storage_endpoint and self._credentials is None:
-            # An emulator or stand-in endpoint: the library itself uses anonymous credentials
-            # under STORAGE_EMULATOR_HOST; do the same for our own override.
+        if self.storage_is_emulator and self._credentials is None:
+            # An emulator: the library itself uses anonymous credentials under
+            # STORAGE_EMULATOR_HOST. A GCPDL_STORAGE_ENDPOINT (e.g. Private Service Connect) is a
+            # real endpoint and gets real credentials.
             from google.auth.credentials import AnonymousCredentials
 
             creds: Any = AnonymousCredentials()
