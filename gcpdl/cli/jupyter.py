@@ -1,0 +1,78 @@
+"""`gcpdl jupyter NAME`: JupyterLab on the VM through a self-healing SSH tunnel."""
+
+from __future__ import annotations
+
+import click
+
+from gcpdl.cli.app import App
+from gcpdl.cli.options import json_option, name_argument, project_option, zone_option
+
+DEFAULT_LOCAL_PORT = 8888
+
+
+@click.command()
+@name_argument
+@click.option("--port", type=click.IntRange(1, 65535), help="Local port (default: 8888 or the next free one).")
+@click.option("--no-browser", is_flag=True, envvar="GCPDL_NO_BROWSER", help="Print the URL; do not open a browser.")
+@project_option
+@zone_option
+@json_option
+@click.pass_obj
+def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: str | None, zone: str | None, as_json: bool) -> None:
+    """Open JupyterLab on VM NAME through an SSH tunnel (Ctrl-C closes it).
+
+    Jupyter listens on the VM's loopback only; nothing is opened to the internet.
+    """
+    from gcpdl.jupyter import JupyterNotRunning, check_reachable, find_server
+    from gcpdl.ssh.session import open_transport, target_session
+    from gcpdl.ssh.sshconfig import refresh_host
+    from gcpdl.ssh.target import resolve_target, validate_name
+    from gcpdl.ssh.tunnel import Tunnel, TunnelEvent, bind_local
+
+    validate_name(name)
+    # the local port first: a busy --port is an error before anything is asked of Google
+    listener = bind_local(port, default=DEFAULT_LOCAL_PORT)
+    app.on_close(listener.close)
+    factory = app.factory(project=project, zone=zone)
+    session = target_session(factory, name, zone, report=app.say)
+    app.on_close(session.close)
+    target = session.target
+    refresh_host(name, target.host or "", target.instance_id, user=target.user, port=target.port)
+    try:
+        server = find_server(session)
+        check_reachable(session, server)
+    except JupyterNotRunning as e:
+        for line in e.details:
+            app.say(f"  {line}")
+        raise
+
+    def reconnect():
+        # look the VM up again: a restarted VM comes back with a new ephemeral IP
+        fresh = resolve_target(factory, name, target.zone)
+        return open_transport(fresh, report=app.say)
+
+    def on_event(event: TunnelEvent) -> None:
+        if event.kind != "channel-failed" or app.verbose:
+            app.say(event.message)
+
+    tunnel = Tunnel(reconnect, server.remote, listener=listener, transport=session.transport, on_event=on_event)
+    tunnel.start()
+    app.on_close(tunnel.close)
+    url = server.url(tunnel.local_port)
+    # the token is in the URL on stdout only; messages on stderr show it without
+    app.emit(
+        {"name": name, "url": url, "local_port": tunnel.local_port, "remote_port": server.port},
+        as_json,
+        lambda d: d["url"],
+    )
+    app.say(f"Jupyter on {name} is at {server.url(tunnel.local_port, with_token=False)} (tunnel over SSH). Ctrl-C closes it.")
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        tunnel.wait()
+    except KeyboardInterrupt:
+        app.say("Tunnel closed.")
+    finally:
+        tunnel.close()

@@ -1,0 +1,97 @@
+"""The end of `up`: follow the startup script through its guest attributes, then wait for SSH
+and Jupyter, and leave the ssh config ready.
+
+The startup script writes `gcpdl/stage` (boot, driver, disk, jupyter, ready) and `gcpdl/error`.
+Each new stage is reported once ("installing the NVIDIA driver..."); an error ends the wait
+with the script's own reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gcpdl.deadline import Deadline
+from gcpdl.errors import DeadlineExceeded, GcpdlError
+from gcpdl.startup import STAGES
+
+Report = Callable[[str], None]
+
+
+class StartupFailed(GcpdlError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    name: str
+    host: str
+    instance_id: str
+    jupyter_port: int  # on the VM
+    ssh_config_host: str  # `ssh NAME` works
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "host": self.host,
+            "instance_id": self.instance_id,
+            "jupyter_port": self.jupyter_port,
+            "ssh": f"ssh {self.ssh_config_host}",
+            "jupyter": f"gcpdl jupyter {self.name}",
+        }
+
+
+def wait_startup(factory: Any, name: str, zone: str, deadline: Deadline, report: Report) -> None:
+    """Poll the startup script's progress until it says ready (or failed)."""
+    from gcpdl.ssh.target import guest_attributes
+
+    seen = None
+    poll = max(0.01, float(factory.settings.poll_interval))
+    while True:
+        attrs = guest_attributes(factory, zone, name, "gcpdl")
+        stage, error = attrs.get("stage"), (attrs.get("error") or "").strip()
+        if error:
+            raise StartupFailed(
+                f"Setting up VM {name} failed: {error}",
+                fix=f"Full log: gcpdl ssh {name} -- sudo journalctl -u google-startup-scripts -n 100",
+            )
+        if stage and stage != seen:
+            seen = stage
+            if stage == "ready":
+                return
+            report(STAGES.get(stage, stage) + "...")
+        if deadline.expired():
+            where = STAGES.get(seen or "", "starting up") if seen else "booting (no progress reported yet)"
+            raise DeadlineExceeded(
+                f"VM {name} was not ready after {deadline.seconds:g}s; last step: {where}.",
+                fix=f"Check later with: gcpdl status {name}",
+            )
+        deadline.pause(min(poll, deadline.remaining()))
+
+
+def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: Report, follow_startup: bool = True) -> Ready:
+    """Startup progress -> SSH (host key verified, key accepted) -> Jupyter answers -> the ssh
+    config block. Everything under one deadline."""
+    from gcpdl.jupyter import check_reachable, find_server, JupyterNotRunning
+    from gcpdl.ssh.session import connect
+    from gcpdl.ssh.sshconfig import refresh_host
+    from gcpdl.ssh.target import resolve_target
+
+    if follow_startup:
+        wait_startup(factory, name, zone, deadline, report)
+    target = resolve_target(factory, name, zone)
+    # a fresh VM's guest agent installs gcpdl's key a little after sshd starts: retry auth
+    with connect(target, deadline, report=report, retry_auth=True) as session:
+        refresh_host(name, target.host or "", target.instance_id, user=target.user, port=target.port)
+        poll = max(0.01, float(factory.settings.poll_interval))
+        while True:
+            try:
+                server = find_server(session)
+                check_reachable(session, server)
+                break
+            except JupyterNotRunning:
+                if deadline.expired():
+                    raise
+                deadline.pause(min(poll, deadline.remaining()))
+    report("ready")
+    return Ready(name, target.host or "", target.instance_id, server.port, name)
