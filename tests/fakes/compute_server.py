@@ -28,6 +28,7 @@ import itertools
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.parse
@@ -1668,6 +1669,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real front end; every reply has a length
     owner: FakeCompute
 
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -1677,8 +1682,10 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in out_headers.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        # headers and body in one write: two small writes on a keep-alive socket meet the
+        # client's delayed ACK and cost ~40 ms per request
+        self._headers_buffer.append(b"\r\n" + data)
+        self.flush_headers()
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
