@@ -86,7 +86,9 @@ def _merge_details(details: Any, metadata: dict[str, str], reasons: list[str]) -
         if info:
             if info.get("reason"):
                 reasons.append(info["reason"])
-            metadata.update({k: str(v) for k, v in (info.get("metadata") or {}).items()})
+            # operations spell it "metadatas" (sic), REST ErrorInfo "metadata"
+            meta = info.get("metadata") or info.get("metadatas") or {}
+            metadata.update({k: str(v) for k, v in meta.items()})
         quota = d.get("quotaInfo")
         if quota:
             metadata.update({k: str(v) for k, v in quota.items() if not isinstance(v, dict)})
@@ -148,14 +150,15 @@ def to_gcpdl(err: ApiError, project: str, what: str = "") -> GcpdlError:
     reasons = set(err.reasons) | {err.code}
     if err.status == 401 or "UNAUTHENTICATED" in reasons:
         return CredentialsError("Google rejected the credentials (expired or revoked).", fix="Run: gcloud auth application-default login")
+    # billing comes with reason accessNotConfigured too: check it before the disabled API
+    if reasons & {"BILLING_DISABLED", "billingNotEnabled", "billingDisabled"} or "billing" in text.lower() and err.status == 403:
+        return GcpdlError(f"Billing is not enabled for project {project}.", fix=f"Link a billing account: {BILLING_PAGE.format(project=project)}")
     if reasons & {"accessNotConfigured", "SERVICE_DISABLED"} or "has not been used in project" in text or "API has not been" in text:
         service = err.metadata.get("service", "compute.googleapis.com")
         return ApiDisabled(
             f"The Compute Engine API ({service}) is not enabled in project {project}.",
             fix=f"Run: gcloud services enable {service} --project {project}",
         )
-    if reasons & {"BILLING_DISABLED", "billingNotEnabled", "billingDisabled"} or "billing" in text.lower() and err.status == 403:
-        return GcpdlError(f"Billing is not enabled for project {project}.", fix=f"Link a billing account: {BILLING_PAGE.format(project=project)}")
     if err.is_quota:
         return quota_error(err, project)
     if err.is_stockout:

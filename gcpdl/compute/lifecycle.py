@@ -190,7 +190,7 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(compute.run, rule_call, create_deadline) if rule_call else None
         try:
-            created = _create_in_zones(ctx, spec, first, queue, create_deadline)
+            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones))
         except BaseException:
             _settle(f_fw)
             if rule_call is not None and rule_call.kind == "firewalls.insert" and f_fw is not None and f_fw.exception() is None:
@@ -230,7 +230,8 @@ def _cleanup(ctx: UpContext, call: ApiCall, what: str) -> None:
         ctx.progress(f"Could not remove {what}: {e.message} Remove it in the console.")
 
 
-def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str], deadline: Deadline) -> str:
+def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str], deadline: Deadline,
+                     known_disk_zones: tuple[str, ...] = ()) -> str:
     """Try ``first``, then ``queue`` on stockout / regional quota. Returns the zone used."""
     compute, project = ctx.compute, ctx.compute.project
     tried: set[str] = set()
@@ -243,7 +244,10 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
         ctx.progress(f"Creating {spec.name} in {zone}...")
         try:
             if spec.data_disk_gb:
-                existing = compute.get_or_none(f"{rq.zone_path(project, zone)}/disks/{spec.data_disk_name}", deadline)
+                # the pre-flight aggregatedList already said whether it exists; a new zone is asked
+                known = zone in known_disk_zones
+                existing = True if known else (None if zone == first else
+                    compute.get_or_none(f"{rq.zone_path(project, zone)}/disks/{spec.data_disk_name}", deadline))
                 if existing is None:
                     compute.run(rq.data_disk_insert(project, zone, spec), deadline)
                     created_disk = True
@@ -501,10 +505,31 @@ def status(compute: Compute, name: str | None = None, now: Callable[[], float] =
 AUTOSTOP_ATTRIBUTE = "gcpdl/autostop"
 
 
+def _iso(value: str | None) -> float | None:
+    from gcpdl.compute.model import _parse_time
+
+    return _parse_time(value)
+
+
 def _stop_reason(compute: Compute, inst: Instance, deadline: Deadline) -> tuple[bool, str | None]:
     """Best effort, one call per stopped VM: was it preempted, and did autostop leave a reason?"""
     preempted = inst.preempted
     reason = None
+    if inst.spot:
+        # A reclaimed Spot VM looks like any TERMINATED one; the system's
+        # compute.instances.preempted operation on it is what tells them apart.
+        try:
+            ops = compute.get(
+                f"{rq.zone_path(compute.project, inst.zone)}/operations", deadline,
+                params={"filter": "operationType = compute.instances.preempted"},
+            )
+            for op in ops.get("items") or []:
+                if (op.get("targetLink") or "").endswith(f"/instances/{inst.name}"):
+                    started = _iso(op.get("insertTime"))
+                    if inst.last_start is None or started is None or started >= inst.last_start:
+                        preempted = True
+        except GcpdlError:
+            pass
     try:
         data = compute.get_or_none(
             f"{rq.instances_path(compute.project, inst.zone)}/{inst.name}/getGuestAttributes",

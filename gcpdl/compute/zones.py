@@ -22,12 +22,17 @@ def accelerator_zones(compute: Compute, accelerator: str, deadline: Deadline) ->
     return out
 
 
+def _nearness(zone: str, home: str) -> tuple:
+    """Same region first, then the same geography (us-, europe-...), then by name."""
+    return (region_of(zone) != region_of(home), zone.split("-")[0] != home.split("-")[0], zone)
+
+
 def check_zone(spec: VmSpec, zone: str, offered: dict[str, int]) -> None:
     """GPU offered in the zone, and not more of them than the zone allows per VM."""
     if not spec.gpu:
         return
     if zone not in offered:
-        others = sorted(offered, key=lambda z: (region_of(z) != region_of(zone), z))[:5]
+        others = sorted(offered, key=lambda z: _nearness(z, zone))[:5]
         hint = f" Zones that offer it: {', '.join(others)}." if others else " No zone offers it to this project."
         raise InvalidInput(f"GPU {spec.gpu} ({spec.accelerator}) is not offered in zone {zone}.{hint}")
     if spec.gpu_count > offered[zone]:
@@ -49,7 +54,7 @@ def next_zones(
     if offered is not None:
         rest = sorted(
             (z for z, cards in offered.items() if cards >= spec.gpu_count and z != first and z not in order),
-            key=lambda z: (region_of(z) != region_of(first), z),
+            key=lambda z: _nearness(z, first),
         )
         order.extend(rest)
     return order

@@ -1,0 +1,339 @@
+"""`gcpdl up` against the fake Compute Engine, through the real google-cloud-compute client."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+from click.testing import CliRunner
+
+from gcpdl.cli.app import cli
+
+ZONE = "us-central1-a"
+
+
+@pytest.fixture
+def env(gcp, monkeypatch):
+    monkeypatch.setenv("GCPDL_MY_IP", "203.0.113.7")
+    monkeypatch.setenv("GCPDL_ZONE", ZONE)
+    return gcp
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def bodies(fake, method_id: str) -> list[dict]:
+    return [r.body for r in fake.calls(method_id)]
+
+
+def mutations(fake) -> list[str]:
+    return [r.method_id for r in fake.requests if r.method in ("POST", "PATCH", "DELETE") and not r.method_id.endswith(".wait")]
+
+
+def _compute(**deadline_kw):
+    from gcpdl.clients import ClientFactory
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+    from gcpdl.settings import resolve
+
+    factory = ClientFactory(resolve())
+    return Compute(factory, factory.project(), partial(Deadline, **deadline_kw) if deadline_kw else Deadline)
+
+
+def test_real_run_sends_exactly_the_dry_run_bodies(env):
+    """The plan the dry-run prints is what the fake receives, field for field."""
+    from gcpdl.compute import lifecycle
+    from gcpdl.spec import build_spec
+
+    spec = build_spec("box", gpu="t4", spot=True, data_disk="200", max_hours=4)
+    now = lambda: 1_790_000_000.0  # noqa: E731
+    plan = lifecycle.plan(env.project, ZONE, spec, "203.0.113.7/32", now=now)
+    ctx = lifecycle.UpContext(compute=_compute(), zones=[ZONE], ssh_from="203.0.113.7/32", now=now)
+    result = lifecycle.up(ctx, spec)
+    assert result.action == "created"
+    sent = {
+        "firewalls.insert": bodies(env, "compute.firewalls.insert"),
+        "disks.insert": bodies(env, "compute.disks.insert"),
+        "instances.insert": bodies(env, "compute.instances.insert"),
+    }
+    for call in plan.requests:
+        assert sent[call.kind] == [call.body], call.kind
+        assert [r.path for r in env.calls("compute." + call.kind)] == [call.path]
+
+
+def test_cli_up_matches_cli_dry_run(env):
+    dry = run("up", "box", "--gpu", "l4", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    planned = json.loads(dry.stdout)["requests"]
+    result = run("up", "box", "--gpu", "l4", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    sent = [(r.method, r.path, r.body) for r in env.requests if r.method_id in ("compute.firewalls.insert", "compute.instances.insert")]
+
+    def strip_runlog(body):
+        body = json.loads(json.dumps(body))
+        for item in body.get("metadata", {}).get("items", []):
+            if item["key"] == "gcpdl-runlog":
+                assert item["value"].startswith("start ")
+                item["value"] = "start T"
+        return body
+
+    assert [(p["method"], p["path"], strip_runlog(p["body"])) for p in planned] == [(m, p, strip_runlog(b)) for m, p, b in sent]
+    out = json.loads(result.stdout)
+    assert out["name"] == "box" and out["zone"] == ZONE and out["action"] == "created"
+    assert out["gpu"] == "l4" and out["external_ip"] == "127.0.0.1" and out["price_per_hour"] > 0
+    inst = env.instance(ZONE, "box")
+    assert inst["status"] == "RUNNING"
+    assert inst["labels"] == {"gcpdl": "managed", "gcpdl-gpu": "l4", "gcpdl-gpu-count": "1", "gcpdl-spot": "false"}
+    (rule,) = env.firewalls()
+    assert rule["sourceRanges"] == ["203.0.113.7/32"] and rule["targetTags"] == ["gcpdl-box"]
+    assert rule["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+
+
+def test_human_output_and_happy_path_call_count(env):
+    result = run("up", "box", "--gpu", "t4", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Created box in us-central1-a" in result.stdout
+    assert "127.0.0.1" in result.stdout and "$" in result.stdout
+    assert "Creating box in us-central1-a..." in result.stderr
+    # pre-flight reads (5, in parallel) + firewall insert/wait + instance insert/wait + get
+    assert mutations(env) == ["compute.firewalls.insert", "compute.instances.insert"] or \
+        mutations(env) == ["compute.instances.insert", "compute.firewalls.insert"]
+    assert len(env.requests) <= 10
+
+
+def test_up_on_running_vm_reuses_it(env):
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    before = len(env.calls("compute.instances.insert"))
+    result = run("up", "box", "--gpu", "t4", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["action"] == "reused"
+    assert len(env.calls("compute.instances.insert")) == before == 1
+    assert "box is already running in us-central1-a." in result.stderr
+
+
+def test_up_finds_the_vm_in_another_zone_never_a_duplicate(env):
+    env.add_instance("box", zone="us-central1-b", labels={"gcpdl": "managed"}, machine_type="n1-standard-8")
+    result = run("up", "box", "--gpu", "t4", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["zone"] == "us-central1-b"
+    assert env.calls("compute.instances.insert") == []
+    assert env.instance(ZONE, "box") is None
+
+
+def test_up_on_stopped_vm_starts_it_and_reports_differences(env):
+    env.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed"}, machine_type="n1-standard-4",
+                     metadata={"enable-guest-attributes": "TRUE", "gcpdl-runlog": "start 100\nstop 200"})
+    result = run("up", "box", "--gpu", "t4", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["action"] == "started"
+    assert "Warning: box differs from what you asked for: machine type is n1-standard-4, not n1-standard-8." in result.stderr
+    inst = env.instance(ZONE, "box")
+    assert inst["status"] == "RUNNING"
+    runlog = {i["key"]: i["value"] for i in inst["metadata"]["items"]}["gcpdl-runlog"].splitlines()
+    assert runlog[:2] == ["start 100", "stop 200"] and runlog[2].startswith("start ")
+    # the run-log update went out before the start request
+    order = [r.method_id for r in env.requests if r.method_id in ("compute.instances.setMetadata", "compute.instances.start")]
+    assert order == ["compute.instances.setMetadata", "compute.instances.start"]
+
+
+def test_up_refuses_a_vm_gcpdl_did_not_create(env):
+    env.add_instance("box", labels={})
+    result = run("up", "box", "--gpu", "t4", "--yes")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: A VM named box already exists in us-central1-a and was not created by gcpdl; choose another name.\n"
+
+
+def test_firewall_rule_follows_the_callers_address(env, monkeypatch):
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    monkeypatch.setenv("GCPDL_MY_IP", "198.51.100.9")
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    (rule,) = env.firewalls()
+    assert rule["sourceRanges"] == ["198.51.100.9/32"]
+    assert [r.body["sourceRanges"] for r in env.calls("compute.firewalls.patch")] == [["198.51.100.9/32"]]
+
+
+@pytest.mark.parametrize("code", ["ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"])
+def test_stockout_fails_over_to_zones_available_first(env, code):
+    env.stockout(ZONE, code=code, zones_available=["us-central1-f"])
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["zone"] == "us-central1-f"
+    assert [(a["zone"], a["outcome"]) for a in out["zones_tried"]] == [(ZONE, "stockout"), ("us-central1-f", "created")]
+    assert "us-central1-a: out of capacity for n1-standard-8 + t4:1." in result.stderr
+    # the data disk made for the failed zone was removed, the new one lives beside the VM
+    assert [(d["name"], d["zone"].rsplit("/", 1)[-1]) for d in env.disks() if d["name"] == "box-data"] == [("box-data", "us-central1-f")]
+
+
+def test_synchronous_503_stockout_is_not_retried_in_place(env):
+    env.stockout(ZONE, sync_503=True)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["zone"] == "us-central1-b"
+    zones = [r.path.split("/zones/")[1].split("/")[0] for r in env.calls("compute.instances.insert")]
+    assert zones == [ZONE, "us-central1-b"]
+
+
+def test_stockout_everywhere_leaves_nothing_behind(env, monkeypatch):
+    from gcpdl.spec import GPUS
+
+    for zone in ["us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f", "us-east1-c", "us-east1-d", "europe-west4-a"]:
+        env.stockout(zone)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith("Error: No capacity for box (n1-standard-8, t4:1) in the zones tried (us-central1-a: stockout; ")
+    assert env.instances() == [] and env.disks() == [] and env.firewalls() == []
+    assert len(env.calls("compute.instances.insert")) == 6  # MAX_ZONE_ATTEMPTS
+    assert GPUS["t4"].accelerator == "nvidia-tesla-t4"
+
+
+def test_gpus_all_regions_quota_stops_at_once(env):
+    env.set_quota("GPUS_ALL_REGIONS", 0)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        "Error: Quota GPUS_ALL_REGIONS exceeded for the project (all regions). Request more GPUS_ALL_REGIONS quota at "
+        "https://console.cloud.google.com/iam-admin/quotas?project=test-project"
+    )
+    assert len(env.calls("compute.instances.insert")) == 1
+    assert env.instances() == [] and env.disks() == [] and env.firewalls() == []
+
+
+def test_regional_quota_skips_the_region(env):
+    env.set_quota("NVIDIA_T4_GPUS", 0, region="us-central1")
+    env.omit_http_error_status = True  # the operation error still surfaces without it
+    result = run("up", "box", "--gpu", "t4", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["zone"] == "us-east1-c"
+    assert "Skipping region us-central1." in result.stderr
+    assert [a["zone"] for a in out["zones_tried"]] == [ZONE, "us-east1-c"]
+
+
+def test_existing_data_disk_is_kept_when_the_insert_fails(env):
+    assert run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100").exit_code == 0
+    assert run("down", "box", "--yes").exit_code == 0
+    env.set_quota("GPUS_ALL_REGIONS", 0)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
+    assert result.exit_code == 1
+    assert [d["name"] for d in env.disks()] == ["box-data"]
+    assert env.calls("compute.disks.delete") == []
+
+
+def test_existing_data_disk_pins_the_zone(env):
+    env.set_quota("GPUS_ALL_REGIONS", 16)
+    assert run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100", "--zone", "us-central1-c").exit_code == 0
+    assert run("down", "box", "--yes").exit_code == 0
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["zone"] == "us-central1-c"
+    assert "Using the existing data disk box-data in us-central1-c." in result.stderr
+    assert len(env.calls("compute.disks.insert")) == 1
+    inst = env.instance("us-central1-c", "box")
+    assert [d.get("deviceName") for d in inst["disks"]] == ["boot", "data"]
+
+
+def test_retries_429_and_5xx_on_reads_and_mutations(env):
+    env.fail_next(429, times=1, method="GET", path="/aggregated/instances")
+    env.fail_next(503, times=2, method="POST", path="/instances$")
+    env.fail_next(500, times=1, method="POST", path="/firewalls$")
+    result = run("up", "box", "--gpu", "t4", "--yes")
+    assert result.exit_code == 0, result.output
+    assert len(env.calls("compute.instances.insert")) == 3
+    assert len(env.calls("compute.firewalls.insert")) == 2
+    assert len(env.instances()) == 1 and len(env.firewalls()) == 1
+    # one requestId per logical insert, the same on every retry
+    assert len({r.query.get("requestId") for r in env.calls("compute.instances.insert")}) == 1
+
+
+def test_operation_that_never_finishes_hits_the_deadline(env):
+    """A fake clock: the wait gives up at its deadline without sleeping for real."""
+    from gcpdl.compute import lifecycle
+    from gcpdl.errors import DeadlineExceeded
+    from gcpdl.spec import build_spec
+
+    class Clock:
+        t = 0.0
+
+        def now(self):
+            return self.t
+
+        def sleep(self, s):
+            self.t += max(s, 1.0)
+
+    clock = Clock()
+    env.operation_polls = 10_000
+    ctx = lifecycle.UpContext(compute=_compute(clock=clock.now, sleep=clock.sleep), zones=[ZONE], ssh_from="203.0.113.7/32")
+    with pytest.raises(DeadlineExceeded) as info:
+        lifecycle.up(ctx, build_spec("box", gpu="t4"))
+    assert "Timed out after 600s waiting for box to be created" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "setup, line, code",
+    [
+        (lambda f: f.disable_api(),
+         "Error: The Compute Engine API (compute.googleapis.com) is not enabled in project test-project. "
+         "Run: gcloud services enable compute.googleapis.com --project test-project", 1),
+        (lambda f: f.disable_billing(),
+         "Error: Billing is not enabled for project test-project. Link a billing account: "
+         "https://console.cloud.google.com/billing/linkedaccount?project=test-project", 1),
+        (lambda f: f.project_missing(),
+         "Error: Project test-project not found. Check the project id (gcloud projects list) or pass --project.", 1),
+        (lambda f: f.deny("compute.instances.create"),
+         "Error: Permission denied: you lack compute.instances.create in project test-project. "
+         "Ask a project owner for a role that includes it (e.g. roles/compute.instanceAdmin.v1).", 1),
+    ],
+)
+def test_account_problems_are_one_line_and_create_nothing(env, setup, line, code):
+    setup(env)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
+    assert result.exit_code == code, result.output
+    assert result.stderr.splitlines()[-1] == line
+    assert "Traceback" not in result.output
+    assert env.instances() == [] and env.disks() == [] and env.firewalls() == []
+
+
+def test_missing_credentials(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "nope.json"))
+    result = run("up", "box", "--gpu", "t4", "--yes")
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.startswith("Error: No Google credentials found (") and line.endswith("Run: gcloud auth application-default login")
+    assert env.requests == []
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--gpu", "p4"], "Error: GPU p4 (nvidia-tesla-p4) is not offered in zone us-central1-a. Zones that offer it: us-central1-c, europe-west4-a."),
+        (["--gpu", "t4", "--disk", "55"], "Error: --disk 55 GB is smaller than the image pytorch-2-7-cu128-ubuntu-2204-nvidia-570 (60 GB); use --disk 60 or more."),
+        (["--cpu-only", "--image-family", "no-such-family", "--image-project", "debian-cloud"], "Error: Image family no-such-family in project debian-cloud not found."),
+    ],
+)
+def test_zone_and_image_checks_happen_before_any_mutation(env, args, line):
+    result = run("up", "box", *args, "--yes")
+    assert result.exit_code in (1, 2), result.output
+    assert result.stderr.splitlines()[-1] == line
+    assert mutations(env) == []
+
+
+def test_count_above_zone_maximum():
+    from gcpdl.compute.zones import check_zone
+    from gcpdl.errors import InvalidInput
+    from gcpdl.spec import build_spec
+
+    with pytest.raises(InvalidInput) as info:
+        check_zone(build_spec("box", gpu="v100:8"), "us-central1-a", {"us-central1-a": 4})
+    assert str(info.value) == "Zone us-central1-a allows at most 4 v100 GPUs per VM, not 8."
+
+
+def test_price_above_threshold_asks_and_no_means_nothing_created(env, monkeypatch):
+    monkeypatch.setenv("GCPDL_CONFIRM_ABOVE", "0.10")
+    result = run("up", "box", "--gpu", "t4", input="n\n")
+    assert result.exit_code == 1
+    assert "This VM costs about $" in result.stderr
+    assert result.stderr.splitlines()[-1] == "Error: Nothing created."
+    assert mutations(env) == []
