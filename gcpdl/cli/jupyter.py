@@ -58,21 +58,21 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
     tunnel = Tunnel(reconnect, server.remote, listener=listener, transport=session.transport, on_event=on_event)
     tunnel.start()
     app.on_close(tunnel.close)
-    url = server.url(tunnel.local_port)
-    # the token is in the URL on stdout only; messages on stderr show it without
-    app.emit(
-        {"name": name, "url": url, "local_port": tunnel.local_port, "remote_port": server.port},
-        as_json,
-        lambda d: d["url"],
-    )
-    app.say(f"Jupyter on {name} is at {server.url(tunnel.local_port, with_token=False)} (tunnel over SSH). Ctrl-C closes it.")
-    if not no_browser:
-        import webbrowser
-
-        webbrowser.open(url)
     try:
+        url = server.url(tunnel.local_port)
+        # the token is in the URL on stdout only; messages on stderr show it without
+        app.emit(
+            {"name": name, "url": url, "local_port": tunnel.local_port, "remote_port": server.port},
+            as_json,
+            lambda d: d["url"],
+        )
+        app.say(f"Jupyter on {name} is at {server.url(tunnel.local_port, with_token=False)} (tunnel over SSH). Ctrl-C closes it.")
+        if not no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
         tunnel.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C is how a tunnel is meant to end: exit 0
         app.say("Tunnel closed.")
     finally:
         tunnel.close()
