@@ -24,7 +24,7 @@ def factory(gcp) -> ClientFactory:
 
 
 def instance_body(name: str = "box", zone: str = ZONE, gpu: str | None = "nvidia-tesla-t4", count: int = 1,
-                  machine: str = "n1-standard-4", terminate: bool = True, disk_gb: int = 100, **extra):
+                  machine: str = "n1-standard-4", terminate: bool = True, disk_gb: int = 100, labels=None, **extra):
     from google.cloud import compute_v1
 
     inst = compute_v1.Instance(
@@ -36,7 +36,7 @@ def instance_body(name: str = "box", zone: str = ZONE, gpu: str | None = "nvidia
             network="global/networks/default",
             access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")])],
         metadata=compute_v1.Metadata(items=[compute_v1.Items(key="enable-guest-attributes", value="TRUE")]),
-        labels={"gcpdl": "true"},
+        labels=labels or {"gcpdl": "true"},
         **extra,
     )
     if gpu:
@@ -418,3 +418,103 @@ def test_clock_is_settable_for_cost_timelines(gcp, factory):
     got = client.get(project="test-project", zone=ZONE, instance="box")
     assert got.last_start_timestamp == "2026-11-25T04:00:00.000-08:00"
     assert got.last_stop_timestamp == "2026-11-25T05:00:00.000-08:00"
+
+
+# --- deeper faults and timing ----------------------------------------------------------------
+
+def test_lost_reply_then_retry_with_request_id_returns_the_same_operation(gcp, factory):
+    from google.api_core import exceptions
+
+    client = factory.compute("InstancesClient")
+    gcp.fail_next(503, method="POST", path="/instances$", after=True)
+    with pytest.raises(exceptions.ServiceUnavailable):
+        client.insert(request={"project": "test-project", "zone": ZONE, "instance_resource": instance_body(), "request_id": "7d1c3f4e-0f6b-4c52-9a8e-000000000001"})
+    assert gcp.instance(ZONE, "box") is not None  # it happened; only the reply was lost
+    again = client.insert(request={"project": "test-project", "zone": ZONE, "instance_resource": instance_body(), "request_id": "7d1c3f4e-0f6b-4c52-9a8e-000000000001"})
+    assert [again.name] == list(gcp.operations)  # the first attempt's operation, not a new one
+    assert len(gcp.instances()) == 1
+    # without the requestId the retry is a Conflict
+    with pytest.raises(exceptions.Conflict):
+        client.insert(project="test-project", zone=ZONE, instance_resource=instance_body())
+
+
+def test_client_does_not_set_request_id_by_itself(gcp, factory):
+    factory.compute("InstancesClient").insert(project="test-project", zone=ZONE, instance_resource=instance_body())
+    assert "requestId" not in gcp.calls("compute.instances.insert")[0].query
+
+
+def test_time_based_operations_and_blocking_wait(gcp, factory):
+    import time
+
+    gcp.operation_seconds = 0.3
+    gcp.method_latency = {"compute.instances.insert": 0.1}
+    ops = factory.compute("ZoneOperationsClient")
+    t0 = time.monotonic()
+    op = factory.compute("InstancesClient").insert(project="test-project", zone=ZONE, instance_resource=instance_body())
+    assert ops.get(project="test-project", zone=ZONE, operation=op.name).status.name == "RUNNING"
+    done = ops.wait(project="test-project", zone=ZONE, operation=op.name)
+    elapsed = time.monotonic() - t0
+    assert done.status.name == "DONE" and gcp.instance(ZONE, "box")["status"] == "RUNNING"
+    assert elapsed >= 0.4  # latency + operation time were really spent (a floor, not a speed assertion)
+
+
+def test_spot_uses_preemptible_quota(gcp, factory):
+    from google.cloud import compute_v1
+
+    gcp.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 0, region="us-central1")
+    spot = instance_body(terminate=False)
+    spot.scheduling = compute_v1.Scheduling(provisioning_model="SPOT", instance_termination_action="STOP")
+    done = insert_and_wait(factory, spot)
+    assert done.error.errors[0].message == "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 0.0 in region us-central1."
+    gcp.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 4, region="us-central1")
+    assert not insert_and_wait(factory, spot).error.errors
+    got = gcp.instance(ZONE, "box")["scheduling"]
+    assert got["onHostMaintenance"] == "TERMINATE" and got["preemptible"] is True and got["automaticRestart"] is False
+
+
+def test_start_of_stopped_gpu_vm_checks_quota_and_stockout(gcp, factory):
+    gcp.add_instance("box", status="TERMINATED")
+    client = factory.compute("InstancesClient")
+    ops = factory.compute("ZoneOperationsClient")
+    gcp.stockout(ZONE, code="ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS")
+    op = client.start(project="test-project", zone=ZONE, instance="box")
+    err = ops.wait(project="test-project", zone=ZONE, operation=op.name).error.errors[0]
+    assert err.code == "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS" and "(resource type:compute)" in err.message
+    assert gcp.instance(ZONE, "box")["status"] == "TERMINATED"
+
+
+def test_labels_and_metadata_keys_are_checked(gcp, factory):
+    from google.api_core import exceptions
+
+    with pytest.raises(exceptions.BadRequest) as e:
+        factory.compute("InstancesClient").insert(project="test-project", zone=ZONE,
+                                                  instance_resource=instance_body(labels={"Owner": "x"}))
+    assert "Label key 'Owner' violates format constraints" in e.value.errors[0]["message"]
+    gcp.add_instance("box")
+    inst = factory.compute("InstancesClient").get(project="test-project", zone=ZONE, instance="box")
+    from google.cloud import compute_v1
+
+    req = compute_v1.InstancesSetLabelsRequest(label_fingerprint=inst.label_fingerprint, labels={"gcpdl": "true", "owner": "ana"})
+    op = factory.compute("InstancesClient").set_labels(project="test-project", zone=ZONE, instance="box",
+                                                       instances_set_labels_request_resource=req)
+    factory.compute("ZoneOperationsClient").wait(project="test-project", zone=ZONE, operation=op.name)
+    assert gcp.instance(ZONE, "box")["labels"] == {"gcpdl": "true", "owner": "ana"}
+    with pytest.raises(exceptions.PreconditionFailed):
+        factory.compute("InstancesClient").set_labels(project="test-project", zone=ZONE, instance="box",
+                                                      instances_set_labels_request_resource=req)
+
+
+def test_zones_regions_disks_reads(gcp, factory):
+    zones = [z.name for z in factory.compute("ZonesClient").list(project="test-project")]
+    assert "us-central1-f" in zones and "europe-west4-a" in zones
+    region = factory.compute("RegionsClient").get(project="test-project", region="us-central1")
+    assert {q.metric for q in region.quotas} >= {"NVIDIA_T4_GPUS", "PREEMPTIBLE_NVIDIA_T4_GPUS", "NVIDIA_L4_GPUS",
+                                                 "NVIDIA_A100_GPUS", "NVIDIA_A100_80GB_GPUS", "NVIDIA_H100_GPUS", "CPUS"}
+    gcp.add_instance("a", zone="us-east1-c")
+    disks = factory.compute("DisksClient").aggregated_list(project="test-project")
+    found = {(scope, d.name) for scope, scoped in disks for d in scoped.disks}
+    assert found == {("zones/us-east1-c", "a")}
+    from google.api_core import exceptions
+
+    with pytest.raises(exceptions.NotFound):
+        factory.compute("ImagesClient").get_from_family(project="deeplearning-platform-release", family="no-such-family")

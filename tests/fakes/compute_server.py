@@ -130,6 +130,7 @@ class Operation:
     on_done: Callable[[], None] | None = None
     on_progress: Callable[[], None] | None = None
     error: OpError | None = None
+    ready_at: float | None = None  # time.monotonic() when DONE, for time-based operations
 
 
 @dataclass
@@ -145,6 +146,7 @@ class FailRule:
     times: int
     method: re.Pattern
     path: re.Pattern
+    after: bool = False  # process the request, then answer the error (a lost response)
 
 
 @dataclass
@@ -260,7 +262,13 @@ class FakeCompute:
             self.billing_disabled = False
             self.project_is_missing = False
             self.latency = 0.0
+            self.method_latency: dict[str, float] = {}  # e.g. {"compute.instances.insert": 0.8}
             self.operation_polls = 1
+            # > 0: operations are DONE after this many real seconds instead of after N polls,
+            # and wait blocks until then (at most wait_max); for the `up` benchmark
+            self.operation_seconds = 0.0
+            self.wait_max = 2.0
+            self._request_ids: dict[tuple[str, str, str], str] = {}
             self.omit_http_error_status = False
             # "auto": GPUS_ALL_REGIONS is a synchronous 403, regional GPU quota ends the operation
             # in QUOTA_EXCEEDED (both seen from the real API); "sync" / "operation" force one.
@@ -307,9 +315,12 @@ class FakeCompute:
     def project_missing(self) -> None:
         self.project_is_missing = True
 
-    def fail_next(self, status: int, times: int = 1, method: str = ".*", path: str = ".*") -> None:
-        """The next ``times`` requests whose HTTP method and path (re.search) match answer ``status``."""
-        self.fail_rules.append(FailRule(status, times, re.compile(method), re.compile(path)))
+    def fail_next(self, status: int, times: int = 1, method: str = ".*", path: str = ".*", after: bool = False) -> None:
+        """The next ``times`` requests whose HTTP method and path (re.search) match answer ``status``.
+
+        ``after=True``: the request takes effect first and only the reply is lost (the case
+        requestId exists for)."""
+        self.fail_rules.append(FailRule(status, times, re.compile(method), re.compile(path), after))
 
     def add_image_family(self, project: str, family: str, disk_size_gb: int = 50) -> None:
         self.extra_images.setdefault(project, {})[family] = disk_size_gb
@@ -420,18 +431,24 @@ class FakeCompute:
                                                match[0].id if match else None))
         if match is None:
             return _html_404(path)
-        if self.latency:
-            time.sleep(self.latency)
         route, params = match
+        delay = self.method_latency.get(route.id, self.latency)
+        if delay:
+            time.sleep(delay)
+        if route.method == "wait":
+            self._block_for_wait(params.get("operation", ""))
         with self._lock:
+            after: FailRule | None = None
             try:
                 if self.require_auth:
                     self._check_auth(headers.get("authorization", ""))
-                self._check_fail_rules(method, path)
+                after = self._check_fail_rules(method, path)
                 if body_error is not None:
                     raise ApiError(400, f"Invalid JSON payload received. {body_error}", status="INVALID_ARGUMENT")
                 ctx = Ctx(route, params.get("project", ""), params, query, body)
-                status, out = self._dispatch(ctx)
+                status, out = self._dispatch_once(ctx)
+                if after is not None:
+                    raise _injected(after.status)
             except ApiError as e:
                 status, out = e.code, e.body
         data = json.dumps(out).encode()
@@ -487,16 +504,38 @@ class FakeCompute:
         raise ApiError(401, msg, reason="authError" if token else "required", extra={"location": "Authorization", "locationType": "header"},
                        status="UNAUTHENTICATED")
 
-    def _check_fail_rules(self, method: str, path: str) -> None:
+    def _check_fail_rules(self, method: str, path: str) -> FailRule | None:
+        """Raise an injected error now, or return the rule that fails the reply after processing."""
         for rule in self.fail_rules:
             if rule.times > 0 and rule.method.search(method) and rule.path.search(path):
                 rule.times -= 1
-                code = rule.status
-                text = {429: "Rate Limit Exceeded", 500: "Internal error. Please try again or contact Google Support.",
-                        502: "Bad Gateway", 503: "The service is currently unavailable.", 504: "Deadline exceeded"}.get(
-                    code, f"Injected failure {code}")
-                reason = {429: "rateLimitExceeded", 500: "backendError", 503: "backendError"}.get(code, "backendError")
-                raise ApiError(code, text, reason=reason, status=RPC_STATUS.get(code))
+                if rule.after:
+                    return rule
+                raise _injected(rule.status)
+        return None
+
+    def _dispatch_once(self, ctx: Ctx) -> tuple[int, dict]:
+        """requestId makes a retried mutation return the first attempt's operation, as the real
+        API does (so a retry after a lost response does not hit alreadyExists)."""
+        rid = ctx.query.get("requestId")
+        key = (ctx.route.id, ctx.project, rid)
+        if rid and key in self._request_ids:
+            op = self.operations.get(self._request_ids[key])
+            if op is not None:
+                return self._op_response(op)
+        status, out = self._dispatch(ctx)
+        if rid and out.get("kind") == "compute#operation":
+            self._request_ids[key] = out["name"]
+        return status, out
+
+    def _block_for_wait(self, name: str) -> None:
+        """zoneOperations.wait on a time-based operation sleeps (outside the lock) until it is
+        due, or at most wait_max seconds, like the real wait's bounded block."""
+        with self._lock:
+            op = self.operations.get(name)
+            due = op.ready_at if op is not None and op.body["status"] != "DONE" else None
+        if due is not None:
+            time.sleep(max(0.0, min(due - time.monotonic(), self.wait_max)))
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, ctx: Ctx) -> tuple[int, dict]:
@@ -507,8 +546,7 @@ class FakeCompute:
             if pattern and not re.fullmatch(pattern, value):
                 raise ApiError(400, f"Invalid value for field '{name}': '{value}'. Must be a match of regex '{pattern}'")
         public_image = route.resource == "images" and ctx.project in self._image_projects()
-        if not public_image:
-            self._project_checks(ctx)
+        self._project_checks(ctx, api_only=public_image)
         if route.request_schema:
             if ctx.body is None:
                 ctx.body = {}
@@ -525,7 +563,7 @@ class FakeCompute:
             raise ApiError(501, f"fake compute: {route.id} is not implemented", reason="notImplemented")
         return handler(ctx)
 
-    def _project_checks(self, ctx: Ctx) -> None:
+    def _project_checks(self, ctx: Ctx, api_only: bool = False) -> None:
         p = ctx.project
         if self.api_disabled:
             msg = (f"Compute Engine API has not been used in project {self.project_number} before or it is disabled. Enable it by "
@@ -543,6 +581,8 @@ class FakeCompute:
                         {"description": "Google developers console API activation",
                          "url": f"https://console.developers.google.com/apis/api/compute.googleapis.com/overview?project={self.project_number}"}]},
                 ])
+        if api_only:
+            return
         if self.project_is_missing or p != self.project:
             raise not_found(f"projects/{p}")
         if self.billing_disabled:
@@ -665,6 +705,9 @@ class FakeCompute:
         elif kind == "regions":
             body["region"] = self._link(project, "regions", where or "")
         op = Operation(body, self.operation_polls if polls is None else polls, scope, on_done, on_progress, error)
+        if polls is None and self.operation_seconds > 0:
+            op.ready_at = time.monotonic() + self.operation_seconds
+            op.polls_left = 1
         self.operations[name] = op
         if op.polls_left <= 0:
             self._finish(op)
@@ -687,6 +730,12 @@ class FakeCompute:
 
     def _poll(self, op: Operation) -> None:
         if op.body["status"] == "DONE":
+            return
+        if op.ready_at is not None:
+            if time.monotonic() >= op.ready_at:
+                self._finish(op)
+            elif op.on_progress:
+                op.on_progress()
             return
         op.polls_left -= 1
         if op.polls_left <= 0:
@@ -714,6 +763,10 @@ class FakeCompute:
         if (zone, name) in self.instances_by_key:
             raise ApiError(409, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists",
                            reason="alreadyExists")
+        _check_labels(body.get("labels"), "resource.labels")
+        _check_metadata(body.get("metadata"), "resource.metadata")
+        if not body.get("networkInterfaces"):
+            raise ApiError(400, "Invalid value for field 'resource.networkInterfaces': ''. At least one network interface is required.")
         mt_name = self._machine_type_of(project, zone, body.get("machineType"))
         cpus, _, builtin = cat.MACHINE_TYPES[mt_name]
         accs = self._accelerators(project, zone, mt_name, builtin, body.get("guestAccelerators") or [])
@@ -1141,6 +1194,7 @@ class FakeCompute:
     def _instances_set_metadata(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
         inst = self._get_instance(project, zone, name)
+        _check_metadata(ctx.body, "metadata")
         fp = ctx.body.get("fingerprint")
         if fp != inst["metadata"]["fingerprint"]:
             raise ApiError(412, "Supplied fingerprint does not match current metadata fingerprint.", reason="conditionNotMet",
@@ -1153,6 +1207,7 @@ class FakeCompute:
     def _instances_set_labels(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
         inst = self._get_instance(project, zone, name)
+        _check_labels(ctx.body.get("labels"), "labels")
         if ctx.body.get("labelFingerprint") != inst["labelFingerprint"]:
             raise ApiError(412, "Labels fingerprint either invalid or resource labels have changed", reason="conditionNotMet",
                            extra={"location": "If-Match", "locationType": "header"})
@@ -1310,6 +1365,7 @@ class FakeCompute:
             raise invalid_field("resource.name", name, f"Must be a match of regex '{NAME_RE}'")
         if (zone, name) in self.disks_by_key:
             raise ApiError(409, f"The resource 'projects/{project}/zones/{zone}/disks/{name}' already exists", reason="alreadyExists")
+        _check_labels(body.get("labels"), "resource.labels")
         dtype = (body.get("type") or "pd-standard")
         m = re.fullmatch(r"(?:https?://[^/]+/compute/v1/)?(?:projects/[^/]+/)?zones/([^/]+)/diskTypes/([^/]+)", dtype)
         if body.get("type") and (not m or m.group(1) != zone or m.group(2) not in cat.DISK_TYPES):
@@ -1433,8 +1489,6 @@ class FakeCompute:
 
     def _images_from_family(self, ctx: Ctx) -> tuple[int, dict]:
         proj, family = ctx.project, ctx.params["family"]
-        if proj not in self._image_projects():
-            self._project_checks(ctx)
         _, image, size = self._image(f"projects/{proj}/global/images/family/{family}")
         return 200, self._image_body(proj, image, size, family)
 
@@ -1600,6 +1654,48 @@ _PERMISSION_VERBS = {"insert": "create", "aggregatedList": "list", "patch": "upd
 def _permission(route: Route) -> str:
     verb = _PERMISSION_VERBS.get(route.method, route.method)
     return f"compute.{route.resource}.{verb}"
+
+
+_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_METADATA_KEY = re.compile(r"[a-zA-Z0-9-_]{1,128}")
+
+
+def _check_labels(labels: dict | None, field_path: str) -> None:
+    for k, v in (labels or {}).items():
+        if not _LABEL_KEY.fullmatch(k):
+            raise ApiError(400, f"Invalid value for field '{field_path}': ''. Label key '{k}' violates format constraints. The key "
+                                "must start with a lowercase character, can only contain lowercase letters, numeric characters, "
+                                "underscores and dashes. The key can be at most 63 characters long. International characters are allowed.")
+        if not _LABEL_VALUE.fullmatch(str(v)):
+            raise ApiError(400, f"Invalid value for field '{field_path}': ''. Label value '{v}' violates format constraints. The value "
+                                "can only contain lowercase letters, numeric characters, underscores and dashes. The value can be at "
+                                "most 63 characters long. International characters are allowed.")
+    if len(labels or {}) > 64:
+        raise ApiError(400, f"Invalid value for field '{field_path}': ''. Too many labels (at most 64).")
+
+
+def _check_metadata(metadata: dict | None, field_path: str) -> None:
+    items = (metadata or {}).get("items") or []
+    seen: set[str] = set()
+    total = 0
+    for i, item in enumerate(items):
+        key = item.get("key") or ""
+        if not _METADATA_KEY.fullmatch(key):
+            raise invalid_field(f"{field_path}.items[{i}].key", key, f"Must be a match of regex '{_METADATA_KEY.pattern}'")
+        if key in seen:
+            raise invalid_field(f"{field_path}.items[{i}].key", key, "Duplicate keys are not allowed.")
+        seen.add(key)
+        total += len(key) + len(item.get("value") or "")
+    if total > 512 * 1024:
+        raise ApiError(400, f"Invalid value for field '{field_path}': ''. Metadata total size exceeds 512 KB.")
+
+
+def _injected(code: int) -> ApiError:
+    text = {429: "Rate Limit Exceeded", 500: "Internal error. Please try again or contact Google Support.",
+            502: "Bad Gateway", 503: "The service is currently unavailable.", 504: "Deadline exceeded"}.get(code, f"Injected failure {code}")
+    reason = {429: "rateLimitExceeded", 403: "forbidden", 404: "notFound"}.get(code, "backendError")
+    return ApiError(code, text, reason=reason, status=RPC_STATUS.get(code))
 
 
 def _html_404(path: str) -> tuple[int, dict, bytes]:
