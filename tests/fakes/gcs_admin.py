@@ -95,6 +95,10 @@ class GcsStandIn:
         """The object's full JSON resource (crc32c, md5Hash, generation, size...)."""
         return self._json("GET", "meta", {"bucket": bucket, "name": name})
 
+    def warm(self, bucket: str, prefix: str = "") -> int:
+        """Compute (and cache) CRC32C and MD5 of every object under prefix now."""
+        return self._json("POST", "warm", body={"bucket": bucket, "prefix": prefix})["count"]
+
     def delete(self, bucket: str, name: str) -> bool:
         return self._json("POST", "delete", {"bucket": bucket, "name": name})["deleted"]
 

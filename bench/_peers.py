@@ -1,0 +1,141 @@
+"""Peer runners for bench/sync_bench.py, each run as its own process (so /usr/bin/time -v measures
+its peak RSS and it does not share a GIL with the server or the bench).
+
+  python bench/_peers.py ceiling --url URL --bucket B --names FILE [--slice BYTES --size BYTES] [--conns 64]
+  python bench/_peers.py list    --url URL --bucket B --prefix P
+  python bench/_peers.py tm      --bucket B --prefix P --dest DIR [--workers 32]
+
+Each prints one JSON line: {"files": N, "bytes": N, "seconds": S}.
+
+The ceiling is the server's own capacity: a minimal asyncio client, N keep-alive connections, raw
+GETs whose bodies are read and dropped (no parsing beyond Content-Length, no disk, no checksum).
+Nothing a real sync does can beat it on the same server, so "% of ceiling" is how much of the
+available speed a tool uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from urllib.parse import quote, urlsplit
+
+READ = 1 << 20
+
+
+async def _fetch(host: str, port: int, jobs: list[tuple[str, str | None]], conns: int) -> tuple[int, int]:
+    it = iter(jobs)
+    total = [0, 0]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, port, limit=READ)
+        try:
+            for path, rng in it:  # a shared iterator: each job is taken by exactly one worker
+                req = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                if rng:
+                    req += f"Range: {rng}\r\n"
+                writer.write((req + "\r\n").encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                        break
+                if status not in (200, 206):
+                    raise RuntimeError(f"{path}: HTTP {status}")
+                left = length
+                while left:
+                    chunk = await reader.read(min(left, READ))
+                    if not chunk:
+                        raise RuntimeError(f"{path}: connection closed mid-body")
+                    left -= len(chunk)
+                total[0] += 1
+                total[1] += length
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(conns)))
+    return total[0], total[1]
+
+
+def ceiling(args) -> dict:
+    u = urlsplit(args.url)
+    names = [n for n in open(args.names).read().split("\n") if n]
+    jobs: list[tuple[str, str | None]] = []
+    for n in names:
+        path = f"/download/storage/v1/b/{args.bucket}/o/{quote(n, safe='')}?alt=media"
+        if args.slice:
+            for start in range(0, args.size, args.slice):
+                jobs.append((path, f"bytes={start}-{min(start + args.slice, args.size) - 1}"))
+        else:
+            jobs.append((path, None))
+    t0 = time.monotonic()
+    requests, nbytes = asyncio.run(_fetch(u.hostname, u.port, jobs, args.conns))
+    return {"files": len(names), "requests": requests, "bytes": nbytes, "seconds": time.monotonic() - t0}
+
+
+def listing(args) -> dict:
+    """The listing alone, the way a lean sync lists: sequential pages of 1000, only the fields a
+    sync needs, one keep-alive connection."""
+    import http.client
+
+    u = urlsplit(args.url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    fields = quote("items(name,size,generation,crc32c),nextPageToken")
+    token, files, nbytes = "", 0, 0
+    t0 = time.monotonic()
+    while True:
+        path = f"/storage/v1/b/{args.bucket}/o?prefix={quote(args.prefix)}&maxResults=1000&fields={fields}"
+        if token:
+            path += "&pageToken=" + quote(token)
+        conn.request("GET", path)
+        doc = json.loads(conn.getresponse().read())
+        for item in doc.get("items", ()):
+            files += 1
+            nbytes += int(item["size"])
+        token = doc.get("nextPageToken")
+        if not token:
+            break
+    return {"files": files, "bytes": nbytes, "seconds": time.monotonic() - t0}
+
+
+def transfer_manager(args) -> dict:
+    """google-cloud-storage's own parallel download: list, then download_many_to_path with threads."""
+    from google.cloud.storage import Client, transfer_manager as tm
+
+    t0 = time.monotonic()
+    client = Client(project="bench")  # anonymous under STORAGE_EMULATOR_HOST
+    bucket = client.bucket(args.bucket)
+    blobs = [(b.name, b.size) for b in client.list_blobs(args.bucket, prefix=args.prefix)]
+    results = tm.download_many_to_path(
+        bucket, [n for n, _ in blobs], destination_directory=args.dest,
+        max_workers=args.workers, worker_type=tm.THREAD, raise_exception=True,
+    )
+    failed = [r for r in results if r is not None]
+    if failed:
+        raise RuntimeError(f"{len(failed)} downloads failed: {failed[0]!r}")
+    return {"files": len(blobs), "bytes": sum(s for _, s in blobs), "seconds": time.monotonic() - t0}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["ceiling", "list", "tm"])
+    ap.add_argument("--url")
+    ap.add_argument("--bucket", required=True)
+    ap.add_argument("--prefix", default="")
+    ap.add_argument("--names")
+    ap.add_argument("--slice", type=int, default=0)
+    ap.add_argument("--size", type=int, default=0)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--dest")
+    ap.add_argument("--workers", type=int, default=32)
+    args = ap.parse_args(argv)
+    out = {"ceiling": ceiling, "list": listing, "tm": transfer_manager}[args.mode](args)
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""Sync benchmark: gcpdl's engine against rclone, gsutil -m, google-cloud-storage's transfer_manager
+and the server's own ceiling, on the same data, in the same run.
+
+    .venv/bin/python bench/sync_bench.py --quick        # minutes; for development
+    .venv/bin/python bench/sync_bench.py                # the issue's sizes (heavy: run once)
+
+Set-up (issue 4): the GCS stand-in (tests/fakes/gcs_server.py) in its own process with 20 ms of
+injected latency per request on loopback. Workloads: (a) 20,000 x 64 KB, (b) 4 x 512 MB,
+(c) a no-op re-sync of 100,000 objects against the listing alone, (d) peak RSS at 200,000
+objects. Every tool runs as its own process under /usr/bin/time -v (wall clock and peak RSS) and
+its output tree is checked (file count and bytes) before its figure counts. Raw results go to
+bench/out/ (gitignored). No figure here is asserted anywhere: speed is measured, not tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.gcs_admin import GcsStandIn, start_standin, stop_standin  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+BUCKET = "bench"
+PY = sys.executable
+GSUTIL_SUBSET = 2000  # gsutil runs ~40 files/s: time it on a subset of the small objects
+
+
+@dataclass
+class Scale:
+    small: tuple[int, int] = (20_000, 64 << 10)
+    large: tuple[int, int] = (4, 512 << 20)
+    noop: tuple[int, int] = (100_000, 1 << 10)
+    rss: tuple[int, int] = (200_000, 1 << 10)
+
+
+QUICK = Scale(small=(2_000, 64 << 10), large=(2, 64 << 20), noop=(10_000, 1 << 10), rss=(20_000, 1 << 10))
+
+
+@dataclass
+class Result:
+    workload: str
+    tool: str
+    files: int = 0
+    bytes: int = 0
+    wall: float = 0.0
+    rss_mb: float | None = None
+    ok: bool = True
+    note: str = ""
+    engine_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def files_s(self) -> float:
+        return self.files / self.wall if self.wall else 0.0
+
+    @property
+    def mb_s(self) -> float:
+        return self.bytes / 1e6 / self.wall if self.wall else 0.0
+
+
+# --- running things -------------------------------------------------------------------------------
+def run_timed(cmd: list[str], env: dict, stdin: str | None = None) -> tuple[int, float, float | None, str, str]:
+    """Run cmd under /usr/bin/time -v: (rc, wall seconds, peak RSS MB, stdout, stderr)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time", dir=OUT, delete=False) as tf:
+        tpath = tf.name
+    t0 = time.monotonic()
+    p = subprocess.run(["/usr/bin/time", "-v", "-o", tpath, *cmd], env=env, capture_output=True, text=True, input=stdin)
+    wall = time.monotonic() - t0
+    text = Path(tpath).read_text()
+    os.unlink(tpath)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return p.returncode, wall, (int(m.group(1)) / 1024 if m else None), p.stdout, p.stderr
+
+
+def tree_stats(dest: Path) -> tuple[int, int]:
+    files = nbytes = 0
+    for root, dirs, names in os.walk(dest):
+        if ".gcpdl" in dirs:  # gcpdl's own state directory is not part of the data
+            dirs.remove(".gcpdl")
+        for n in names:
+            files += 1
+            nbytes += os.stat(os.path.join(root, n)).st_size
+    return files, nbytes
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+class Bench:
+    def __init__(self, server: GcsStandIn, scale: Scale, work: Path, peers: set[str], log):
+        self.s = server
+        self.scale = scale
+        self.work = work
+        self.peers = peers
+        self.log = log
+        self.results: list[Result] = []
+        self.env = dict(os.environ, STORAGE_EMULATOR_HOST=server.url, PYTHONPATH=str(ROOT))
+        for k in list(self.env):
+            if k.startswith(("GOOGLE_APPLICATION", "CLOUDSDK_")):
+                del self.env[k]
+        self.rclone_env = dict(
+            self.env,
+            RCLONE_CONFIG_BG_TYPE="google cloud storage",
+            RCLONE_CONFIG_BG_ENDPOINT=server.url + "/storage/v1/",
+            RCLONE_CONFIG_BG_ANONYMOUS="true",
+        )
+        self.gsutil = None
+
+    def record(self, r: Result) -> Result:
+        self.results.append(r)
+        rss = f"{r.rss_mb:.0f} MB" if r.rss_mb is not None else "-"
+        self.log(f"  {r.workload:<6} {r.tool:<22} {r.files:>7} files {r.wall:7.2f} s  {r.files_s:8.0f} files/s "
+                 f"{r.mb_s:8.1f} MB/s  rss {rss}{'' if r.ok else '  FAILED: ' + r.note}")
+        return r
+
+    def _tool(self, workload: str, tool: str, cmd: list[str], env: dict, dest: Path | None, expect: tuple[int, int],
+              stdin: str | None = None) -> Result:
+        rc, wall, rss, out, err = run_timed(cmd, env, stdin)
+        r = Result(workload, tool, expect[0], expect[1], wall, rss)
+        (OUT / f"{workload}-{tool}.log").write_text(f"$ {' '.join(cmd)}\nrc={rc}\n--- stdout\n{out[-20000:]}\n--- stderr\n{err[-20000:]}")
+        if rc != 0:
+            r.ok, r.note = False, f"exit {rc}: {(err.strip().splitlines() or ['?'])[-1][:160]}"
+        elif dest is not None:
+            got = tree_stats(dest)
+            if got != expect:
+                r.ok, r.note = False, f"tree has {got[0]} files / {got[1]} bytes, expected {expect[0]} / {expect[1]}"
+        if tool.startswith("gcpdl") and rc == 0:
+            try:
+                summary = json.loads(out)
+                r.engine_seconds = summary.get("seconds")
+                r.extra = {k: summary.get(k) for k in ("files", "skipped", "retries", "requests")}
+            except ValueError:
+                pass
+        if tool in ("ceiling", "listing") and rc == 0:
+            r.engine_seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
+        return self.record(r)
+
+    # --- tools ---------------------------------------------------------------------------------
+    def ceiling(self, workload: str, names: list[str], size: int, slice_size: int = 0) -> Result:
+        nf = OUT / f"{workload}-names.txt"
+        nf.write_text("\n".join(names))
+        cmd = [PY, str(ROOT / "bench" / "_peers.py"), "ceiling", "--url", self.s.url, "--bucket", BUCKET,
+               "--names", str(nf), "--conns", "64", "--size", str(size), "--slice", str(slice_size)]
+        r = self._tool(workload, "ceiling", cmd, self.env, None, (len(names), len(names) * size))
+        # the ceiling is the server's capacity: its own timer covers only the GETs
+        if r.ok and r.engine_seconds:
+            r.extra["process_wall"] = r.wall
+            r.wall = r.engine_seconds
+        return r
+
+    def gcpdl(self, workload: str, prefix: str, dest: Path, expect, tool: str = "gcpdl") -> Result:
+        cmd = [PY, "-m", "gcpdl", "sync", f"gs://{BUCKET}/{prefix}", str(dest), "--local", "--json", "--anonymous"]
+        return self._tool(workload, tool, cmd, self.env, dest, expect)
+
+    def rclone(self, workload: str, prefix: str, dest: Path, expect, tool: str = "rclone") -> Result:
+        cmd = ["rclone", "copy", f"bg:{BUCKET}/{prefix}", str(dest), "--transfers", "32", "--checkers", "32", "--config", "/dev/null"]
+        return self._tool(workload, tool, cmd, self.rclone_env, dest, expect)
+
+    def tm(self, workload: str, prefix: str, dest: Path, expect) -> Result:
+        cmd = [PY, str(ROOT / "bench" / "_peers.py"), "tm", "--bucket", BUCKET, "--prefix", prefix, "--dest", str(dest), "--workers", "32"]
+        return self._tool(workload, "transfer_manager x32", cmd, self.env, dest, expect)
+
+    def gsutil_run(self, workload: str, names: list[str], size: int, dest: Path) -> Result | None:
+        if self.gsutil is None:
+            return None
+        gsutil, env = self.gsutil
+        # URLs as arguments: `cp -I` with -m stopped after two of the names read from stdin
+        cmd = [gsutil, "-m", "-q", "cp", *(f"gs://{BUCKET}/{n}" for n in names), str(dest)]
+        r = self._tool(workload, "gsutil -m", cmd, env, dest, (len(names), len(names) * size))
+        if len(names) < self.expected_count(workload):
+            r.note = (r.note + " " if r.note else "") + f"(subset: {len(names)} objects)"
+        return r
+
+    def expected_count(self, workload: str) -> int:
+        return {"small": self.scale.small[0], "large": self.scale.large[0]}.get(workload, 0)
+
+    # --- workloads -----------------------------------------------------------------------------
+    def seed(self) -> dict[str, list[str]]:
+        self.s.create_bucket(BUCKET, public=True)
+        names = {}
+        for i, (wl, (count, size)) in enumerate(asdict(self.scale).items()):
+            names[wl] = self.s.generate(BUCKET, f"{wl}/", count, size, seed=i + 1)
+            t0 = time.monotonic()
+            self.s.warm(BUCKET, f"{wl}/")
+            self.log(f"seeded {wl}/: {count} x {size} bytes (hashes warmed in {time.monotonic() - t0:.1f} s)")
+        return names
+
+    def transfer(self, wl: str, names: list[str], size: int, slice_size: int = 0) -> None:
+        expect = (len(names), len(names) * size)
+        self.log(f"({'a' if wl == 'small' else 'b'}) {wl}: {len(names)} x {size >> 10} KB")
+        if "ceiling" in self.peers:
+            self.ceiling(wl, names, size, slice_size)
+        if "gcpdl" in self.peers:
+            self.gcpdl(wl, f"{wl}/", fresh(self.work / f"{wl}-gcpdl"), expect)
+        if "rclone" in self.peers:
+            self.rclone(wl, f"{wl}/", fresh(self.work / f"{wl}-rclone"), expect)
+        if "tm" in self.peers:
+            self.tm(wl, f"{wl}/", fresh(self.work / f"{wl}-tm"), expect)
+        if "gsutil" in self.peers:
+            subset = names[:GSUTIL_SUBSET] if wl == "small" else names
+            self.gsutil_run(wl, subset, size, fresh(self.work / f"{wl}-gsutil"))
+        for p in self.work.glob(f"{wl}-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def noop(self, names: list[str], size: int) -> None:
+        expect = (len(names), len(names) * size)
+        self.log(f"(c) no-op re-sync: {len(names)} x {size} bytes")
+        cmd = [PY, str(ROOT / "bench" / "_peers.py"), "list", "--url", self.s.url, "--bucket", BUCKET, "--prefix", "noop/"]
+        self._tool("noop", "listing (warm-up)", cmd, self.env, None, expect)
+        self._tool("noop", "listing", cmd, self.env, None, expect)
+        if "gcpdl" in self.peers:
+            dest = fresh(self.work / "noop-gcpdl")
+            self.gcpdl("noop", "noop/", dest, expect, tool="gcpdl initial")
+            before = self.s.counters().get("kind:media", 0)
+            r = self.gcpdl("noop", "noop/", dest, expect, tool="gcpdl re-sync")
+            r.extra["media_requests"] = self.s.counters().get("kind:media", 0) - before
+        if "rclone" in self.peers:
+            dest = fresh(self.work / "noop-rclone")
+            self.rclone("noop", "noop/", dest, expect, tool="rclone initial")
+            self.rclone("noop", "noop/", dest, expect, tool="rclone re-sync")
+        for p in self.work.glob("noop-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def rss(self, names: list[str], size: int) -> None:
+        expect = (len(names), len(names) * size)
+        self.log(f"(d) peak RSS: {len(names)} x {size} bytes")
+        if "gcpdl" in self.peers:
+            self.gcpdl("rss", "rss/", fresh(self.work / "rss-gcpdl"), expect)
+        if "rclone" in self.peers:
+            self.rclone("rss", "rss/", fresh(self.work / "rss-rclone"), expect)
+        for p in self.work.glob("rss-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# --- gsutil ---------------------------------------------------------------------------------------
+def setup_gsutil(server: GcsStandIn, log) -> tuple[str, dict, subprocess.Popen] | None:
+    """gsutil only speaks HTTPS to its JSON host: put socat with a self-signed certificate in front
+    of the stand-in and point a boto config at it. gsutil lives in its own venv (bench/out/gsutil-venv,
+    `python3 -m venv bench/out/gsutil-venv && bench/out/gsutil-venv/bin/pip install gsutil`)."""
+    gsutil = OUT / "gsutil-venv" / "bin" / "gsutil"
+    if not gsutil.exists():
+        log(f"gsutil: skipped ({gsutil} not installed; see setup_gsutil's docstring)")
+        return None
+    tls = OUT / "tls"
+    tls.mkdir(exist_ok=True)
+    cert, key = tls / "cert.pem", tls / "key.pem"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                        "-days", "2", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    from tests.fixtures.ports import free_port, wait_for_port
+
+    port = free_port()
+    socat = subprocess.Popen(
+        ["socat", f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0,cert={cert},key={key}",
+         f"TCP:{server.host}:{server.port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, timeout=10, proc=socat)
+    boto = OUT / "boto.cfg"
+    boto.write_text(
+        "[Credentials]\n"
+        f"gs_json_host = 127.0.0.1\ngs_json_port = {port}\ngs_host = 127.0.0.1\ngs_port = {port}\n"
+        "[Boto]\nhttps_validate_certificates = False\n"
+        "[GSUtil]\ndefault_api_version = 2\nprefer_api = json\ncheck_hashes = if_fast_else_skip\n"
+        "software_update_check_period = 0\nparallel_process_count = 1\nparallel_thread_count = 32\n"
+    )
+    env = dict(os.environ, BOTO_CONFIG=str(boto), CLOUDSDK_CORE_PASS_CREDENTIALS_TO_GSUTIL="false")
+    env.pop("STORAGE_EMULATOR_HOST", None)
+    return str(gsutil), env, socat
+
+
+# --- report ---------------------------------------------------------------------------------------
+def find(results: list[Result], wl: str, tool: str) -> Result | None:
+    return next((r for r in results if r.workload == wl and r.tool == tool and r.ok), None)
+
+
+def report(results: list[Result], scale: Scale, meta: dict) -> str:
+    lines = []
+    hdr = f"{'workload':<7} {'tool':<22} {'files':>7} {'MB':>8} {'wall s':>8} {'files/s':>9} {'MB/s':>8} {'peak RSS':>9}  {'vs rclone':>9} {'vs ceiling':>10}  note"
+    lines += [hdr, "-" * len(hdr)]
+    for r in results:
+        rc, ce = find(results, r.workload, "rclone"), find(results, r.workload, "ceiling")
+        vs_rc = f"{rc.wall / r.wall:.2f}x" if rc and r.ok and r.workload in ("small", "large") else ""
+        vs_ce = f"{ce.wall / r.wall * 100:.0f}%" if ce and r.ok and r.tool != "ceiling" else ""
+        rss = f"{r.rss_mb:.0f} MB" if r.rss_mb is not None else ""
+        note = r.note if not r.ok else r.note
+        if r.engine_seconds is not None and r.tool.startswith("gcpdl"):
+            note = f"engine {r.engine_seconds:.2f} s " + note
+        lines.append(f"{r.workload:<7} {r.tool:<22} {r.files:>7} {r.bytes / 1e6:>8.0f} {r.wall:>8.2f} {r.files_s:>9.0f} {r.mb_s:>8.1f} {rss:>9}  {vs_rc:>9} {vs_ce:>10}  {note}".rstrip())
+    lines.append("")
+    lines.append("targets (issue 4)")
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a" if ok is None else ("MET" if ok else "NOT MET")
+
+    def ratio_line(label, wl, need_rc, need_ce):
+        g, rc, ce = find(results, wl, "gcpdl"), find(results, wl, "rclone"), find(results, wl, "ceiling")
+        if g is None:
+            lines.append(f"  {label}: gcpdl result missing")
+            return
+        if rc:
+            x = rc.wall / g.wall
+            lines.append(f"  {label}: gcpdl {x:.2f}x rclone (target >= {need_rc}x): {verdict(x >= need_rc)}")
+        if ce:
+            x = ce.wall / g.wall
+            lines.append(f"  {label}: gcpdl {x * 100:.0f}% of ceiling (target >= {need_ce * 100:.0f}%): {verdict(x >= need_ce)}")
+
+    ratio_line("(a) small", "small", 1.5, 0.85)
+    ratio_line("(b) large", "large", 1.0, 0.80)
+    g, li = find(results, "noop", "gcpdl re-sync"), find(results, "noop", "listing")
+    if g and li:
+        x = g.wall / li.wall
+        lines.append(f"  (c) no-op: gcpdl re-sync {g.wall:.2f} s (process) vs listing alone {li.wall:.2f} s = {x:.2f}x (target <= 1.2x): {verdict(x <= 1.2)}")
+        if g.engine_seconds is not None and li.engine_seconds:
+            lines.append(f"      engine's own timer {g.engine_seconds:.2f} s vs listing's own timer {li.engine_seconds:.2f} s = {g.engine_seconds / li.engine_seconds:.2f}x "
+                         f"(the difference is interpreter start-up and imports); media requests during re-sync: {g.extra.get('media_requests')}")
+    g = find(results, "rss", "gcpdl")
+    if g and g.rss_mb is not None:
+        lines.append(f"  (d) peak RSS at {scale.rss[0]} objects: {g.rss_mb:.0f} MB (target <= 200 MB at 200,000): {verdict(g.rss_mb <= 200 if scale.rss[0] >= 200_000 else None)}")
+    lines.append("")
+    lines.append(" ".join(f"{k}={v}" for k, v in meta.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="gcpdl sync benchmark (issue 4)")
+    ap.add_argument("--quick", action="store_true", help="small sizes: 2,000 x 64 KB, 2 x 64 MB, 10,000 no-op, 20,000 RSS")
+    ap.add_argument("--latency", type=float, default=0.02, help="seconds the server adds to every request (default 0.02)")
+    ap.add_argument("--only", default="a,b,c,d", help="workloads to run, e.g. a,c")
+    ap.add_argument("--peers", default="ceiling,gcpdl,rclone,tm,gsutil", help="tools to run")
+    ap.add_argument("--work", type=Path, default=OUT / "work", help="where downloads land (removed after each workload)")
+    args = ap.parse_args(argv)
+    scale = QUICK if args.quick else Scale()
+    OUT.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    peers = set(args.peers.split(","))
+    only = set(args.only.split(","))
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    server = start_standin(latency=args.latency, log_path=OUT / "server.log")
+    socat = None
+    try:
+        bench = Bench(server, scale, args.work, peers, log)
+        if "gsutil" in peers:
+            g = setup_gsutil(server, log)
+            if g:
+                bench.gsutil, socat = (g[0], g[1]), g[2]
+        names = bench.seed()
+        if "a" in only:
+            bench.transfer("small", names["small"], scale.small[1])
+        if "b" in only:
+            bench.transfer("large", names["large"], scale.large[1], slice_size=16 << 20)
+        if "c" in only:
+            bench.noop(names["noop"], scale.noop[1])
+        if "d" in only:
+            bench.rss(names["rss"], scale.rss[1])
+        meta = {
+            "mode": "quick" if args.quick else "full", "latency_s": args.latency, "cpus": os.cpu_count(),
+            "load1": f"{os.getloadavg()[0]:.2f}", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        text = report(bench.results, scale, meta)
+        print(text)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        (OUT / f"sync_bench-{stamp}.txt").write_text(text + "\n")
+        (OUT / f"sync_bench-{stamp}.json").write_text(json.dumps(
+            {"meta": meta, "scale": asdict(scale), "results": [asdict(r) | {"files_s": r.files_s, "mb_s": r.mb_s} for r in bench.results],
+             "server_counters": server.counters()}, indent=1))
+    finally:
+        if socat is not None:
+            socat.terminate()
+            socat.wait()
+        stop_standin(server)
+
+
+if __name__ == "__main__":
+    main()
