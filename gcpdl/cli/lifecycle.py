@@ -37,8 +37,7 @@ def stop(app: App, name: str, project: str | None, as_json: bool) -> None:
 
     _validate(name)
     compute = _compute(app, project)
-    app.say(f"Stopping {name}...")
-    inst = lifecycle.stop(compute, name)
+    inst = lifecycle.stop(compute, name, progress=app.say)
     app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}")
 
 
@@ -53,8 +52,7 @@ def start(app: App, name: str, project: str | None, as_json: bool) -> None:
 
     _validate(name)
     compute = _compute(app, project)
-    app.say(f"Starting {name}...")
-    inst = lifecycle.start(compute, name)
+    inst = lifecycle.start(compute, name, progress=app.say)
     app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
 
 

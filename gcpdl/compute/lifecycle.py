@@ -371,18 +371,21 @@ def _wait_quietly(compute: Compute, op: dict, deadline: Deadline) -> None:
         pass  # the run log is for cost estimates; a lost line must not fail start/stop
 
 
-def start(compute: Compute, name: str, now: Callable[[], float] = time.time) -> Instance:
+def start(compute: Compute, name: str, now: Callable[[], float] = time.time, progress: Progress = _quiet) -> Instance:
     deadline = compute.new_deadline(START_TIMEOUT, f"{name} to start")
     inst = require(compute, name, deadline)
+    if inst.status != "RUNNING":
+        progress(f"Starting {name} in {inst.zone}...")
     return _start(compute, inst, deadline, now)
 
 
-def stop(compute: Compute, name: str, now: Callable[[], float] = time.time) -> Instance:
+def stop(compute: Compute, name: str, now: Callable[[], float] = time.time, progress: Progress = _quiet) -> Instance:
     deadline = compute.new_deadline(STOP_TIMEOUT, f"{name} to stop")
     inst = require(compute, name, deadline)
     inst = _wait_settled(compute, inst, deadline)
     if inst.status in ("TERMINATED", "STOPPED", "SUSPENDED"):
         return inst
+    progress(f"Stopping {name} in {inst.zone}...")
     compute.clients_for(["instances.setMetadata", "instances.stop"])
     meta_op = compute.execute(_runlog_call(compute, inst, "stop", now()), deadline)
     stop_op = compute.execute(rq.instance_stop(compute.project, inst.zone, inst.name), deadline)
@@ -531,15 +534,12 @@ def _stop_reason(compute: Compute, inst: Instance, deadline: Deadline) -> tuple[
         except GcpdlError:
             pass
     try:
+        # the autostop agent writes its reason as guest attribute gcpdl/autostop before stopping
         data = compute.get_or_none(
             f"{rq.instances_path(compute.project, inst.zone)}/{inst.name}/getGuestAttributes",
-            deadline, params={"queryPath": AUTOSTOP_ATTRIBUTE + "/"},
+            deadline, params={"variableKey": AUTOSTOP_ATTRIBUTE},
         ) or {}
-        for item in (data.get("queryValue") or {}).get("items") or []:
-            if item.get("key") == "reason":
-                reason = item.get("value")
-        if data.get("variableValue") and reason is None:
-            reason = data["variableValue"]
+        reason = data.get("variableValue") or None
     except GcpdlError:
         pass
     return preempted, reason

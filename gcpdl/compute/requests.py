@@ -52,7 +52,11 @@ def runlog_append(existing: str | None, event: str, now: float) -> str:
     """Append ``start|stop <unix-seconds>`` to the run log, keeping the last 200 lines."""
     lines = [line for line in (existing or "").splitlines() if line.strip()]
     lines.append(f"{event} {int(now)}")
-    return "\n".join(lines[-RUNLOG_MAX_LINES:])
+    lines = lines[-RUNLOG_MAX_LINES:]
+    # a trimmed log must not open with a stop whose start was cut: cost pairs start->stop
+    while len(lines) > 1 and lines[0].startswith("stop"):
+        lines.pop(0)
+    return "\n".join(lines)
 
 
 def labels_for(spec: VmSpec) -> dict[str, str]:

@@ -1,0 +1,82 @@
+"""`gcpdl doctor`: each failed check prints its exact fix; exit code says whether all passed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gcpdl.cli.app import cli
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture
+def env(gcp, monkeypatch):
+    monkeypatch.setenv("GCPDL_ZONE", "us-central1-a")
+    return gcp
+
+
+def checks(result) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+
+def test_all_checks_pass(env):
+    result = run("doctor", "--gpu", "t4", "--spot", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is True
+    assert [c["name"] for c in data["checks"]] == [
+        "credentials", "project", "compute api", "billing", "quota GPUS_ALL_REGIONS",
+        "quota NVIDIA_T4_GPUS", "quota PREEMPTIBLE_NVIDIA_T4_GPUS",
+    ]
+    assert env.calls("compute.instances.insert") == []
+    human = run("doctor")
+    assert human.exit_code == 0
+    assert human.stdout.splitlines()[-1] == "All checks passed: gcpdl up is ready."
+
+
+def test_no_credentials(monkeypatch):
+    result = run("doctor", "--json")
+    assert result.exit_code == 1
+    (c,) = json.loads(result.stdout)["checks"]
+    assert c["name"] == "credentials" and not c["ok"]
+    assert c["fix"] == "Run: gcloud auth application-default login"
+
+
+def test_api_disabled(env):
+    env.disable_api()
+    result = run("doctor")
+    assert result.exit_code == 1
+    assert "FAIL  compute api: The Compute Engine API (compute.googleapis.com) is not enabled in project test-project." in result.stdout
+    assert "      fix: Run: gcloud services enable compute.googleapis.com --project test-project" in result.stdout
+
+
+def test_billing_disabled(env):
+    env.disable_billing()
+    result = run("doctor", "--json")
+    assert result.exit_code == 1
+    c = checks(result)["billing"]
+    assert not c["ok"]
+    assert c["fix"] == "Link a billing account: https://console.cloud.google.com/billing/linkedaccount?project=test-project"
+
+
+def test_zero_gpu_quotas_say_what_to_request(env):
+    env.set_quota("GPUS_ALL_REGIONS", 0)
+    env.set_quota("PREEMPTIBLE_NVIDIA_L4_GPUS", 0, region="us-central1")
+    result = run("doctor", "--gpu", "l4", "--spot", "--json")
+    assert result.exit_code == 1
+    c = checks(result)
+    page = "https://console.cloud.google.com/iam-admin/quotas?project=test-project"
+    assert c["quota GPUS_ALL_REGIONS"]["fix"] == f"Request GPUS_ALL_REGIONS >= 1 (Filter: 'GPUs (all regions)') at {page}"
+    assert c["quota NVIDIA_L4_GPUS"]["ok"]
+    assert c["quota PREEMPTIBLE_NVIDIA_L4_GPUS"]["fix"] == f"Request PREEMPTIBLE_NVIDIA_L4_GPUS >= 1 in us-central1 at {page}"
+
+
+def test_unknown_gpu_is_an_input_error(env):
+    result = run("doctor", "--gpu", "k80")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: Unknown GPU 'k80'.")

@@ -1,0 +1,124 @@
+"""`gcpdl stop / start / down` against the fake Compute Engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from gcpdl.cli.app import cli
+
+ZONE = "us-central1-a"
+
+
+@pytest.fixture
+def env(gcp, monkeypatch):
+    monkeypatch.setenv("GCPDL_MY_IP", "203.0.113.7")
+    monkeypatch.setenv("GCPDL_ZONE", ZONE)
+    return gcp
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(cli, list(args), input=input)
+
+
+def runlog(fake, zone=ZONE, name="box") -> list[str]:
+    items = {i["key"]: i["value"] for i in fake.instance(zone, name)["metadata"].get("items", [])}
+    return items.get("gcpdl-runlog", "").splitlines()
+
+
+def test_stop_then_start_keeps_a_run_log(env):
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    result = run("stop", "box", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"name": "box", "zone": ZONE, "state": "TERMINATED", "external_ip": "127.0.0.1"}
+    assert [line.split()[0] for line in runlog(env)] == ["start", "stop"]
+    result = run("start", "box")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("box in us-central1-a: RUNNING")
+    assert [line.split()[0] for line in runlog(env)] == ["start", "stop", "start"]
+    stamps = [int(line.split()[1]) for line in runlog(env)]
+    assert stamps == sorted(stamps)
+
+
+def test_stop_is_idempotent_and_start_on_running_does_nothing(env):
+    env.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed"})
+    assert run("stop", "box").exit_code == 0
+    assert env.calls("compute.instances.stop") == []
+    env.add_instance("run", labels={"gcpdl": "managed"})
+    assert run("start", "run").exit_code == 0
+    assert env.calls("compute.instances.start") == []
+
+
+def test_runlog_keeps_the_last_200_lines(env):
+    long_log = "\n".join(f"start {i}\nstop {i + 1}" for i in range(0, 400, 2))
+    env.add_instance("box", labels={"gcpdl": "managed"}, metadata={"enable-guest-attributes": "TRUE", "gcpdl-runlog": long_log})
+    assert run("stop", "box").exit_code == 0
+    lines = runlog(env)
+    # the last 200 lines, less a leading stop whose start was cut off
+    assert len(lines) == 199 and lines[-1].startswith("stop ") and lines[0] == "start 202"
+
+
+def test_unknown_vm(env):
+    result = run("stop", "ghost")
+    assert result.exit_code == 1
+    assert result.stderr == "Error: No VM named ghost in project test-project. See your VMs with: gcpdl status\n"
+
+
+def test_invalid_name_checked_before_any_call(env):
+    result = run("down", "Ghost", "--yes")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: Invalid VM name 'Ghost'")
+    assert env.requests == []
+
+
+def test_down_deletes_vm_boot_disk_and_rule_but_keeps_data(env):
+    assert run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100").exit_code == 0
+    result = run("down", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "Deleted instance box, boot disk box, firewall rule gcpdl-ssh-box.",
+        "Kept data disk box-data (gcpdl down box --delete-data removes it).",
+    ]
+    assert env.instances() == [] and env.firewalls() == []
+    assert [d["name"] for d in env.disks()] == ["box-data"]
+
+
+def test_down_delete_data(env):
+    assert run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100").exit_code == 0
+    result = run("down", "box", "--yes", "--delete-data", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["deleted"][-1] == "data disk box-data"
+    assert env.disks() == [] and env.instances() == []
+
+
+def test_down_asks_and_no_keeps_everything(env):
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    result = run("down", "box", input="n\n")
+    assert result.exit_code == 1
+    assert "Delete box in us-central1-a? This cannot be undone." in result.stderr
+    assert result.stderr.splitlines()[-1] == "Error: Nothing deleted."
+    assert env.instance(ZONE, "box") is not None and len(env.firewalls()) == 1
+
+
+def test_down_retries_a_503_on_delete(env):
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    env.fail_next(503, times=2, method="DELETE", path="/instances/box$")
+    result = run("down", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    assert len(env.calls("compute.instances.delete")) == 3
+    assert env.instances() == []
+
+
+def test_operation_error_surfaces_its_code(env):
+    """A stop that ends in error (without httpErrorStatusCode) is reported, not swallowed."""
+    from gcpdl.compute import adapter
+    from gcpdl.errors import OperationFailed
+
+    op = {"name": "op-1", "status": "DONE", "zone": "zones/us-central1-a",
+          "error": {"errors": [{"code": "RESOURCE_OPERATION_RATE_EXCEEDED", "message": "Too many operations on box."}]}}
+    err = adapter.operation_error(op, "test-project", "Stopping box")
+    assert isinstance(err, OperationFailed)
+    assert err.code == "RESOURCE_OPERATION_RATE_EXCEEDED"
+    assert str(err) == "Stopping box failed with RESOURCE_OPERATION_RATE_EXCEEDED: Too many operations on box."
