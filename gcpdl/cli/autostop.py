@@ -1,0 +1,42 @@
+"""`gcpdl autostop NAME 30m|2h|off`."""
+
+from __future__ import annotations
+
+import click
+
+from gcpdl.cli.app import App
+from gcpdl.cli.options import json_option, name_argument, project_option
+
+
+@click.command()
+@name_argument
+@click.argument("window", metavar="WINDOW")
+@project_option
+@json_option
+@click.pass_obj
+def autostop(app: App, name: str, window: str, project: str | None, as_json: bool) -> None:
+    """Set how long VM NAME may sit idle before it stops itself: 30m, 2h, or off.
+
+    Idle means no busy or recently used Jupyter kernel or terminal, GPU under 10%, no
+    interactive SSH session and no gcpdl sync, all for the whole WINDOW.
+    """
+    from gcpdl.spec import parse_autostop, validate_name
+
+    validate_name(name)
+    minutes = parse_autostop(window)  # both checked before any API call
+    from gcpdl.autostop import set_autostop
+    from gcpdl.compute.adapter import Compute, prefetch
+
+    prefetch()  # setMetadata goes through compute_v1: overlap its import with the lookup
+    factory = app.factory(project=project)
+    result = set_autostop(Compute(factory, factory.project()), name, minutes)
+    app.emit(result.as_dict(), as_json, _render)
+
+
+def _render(r: dict) -> str:
+    what = f"stops after {r['minutes']} min idle" if r["minutes"] else "autostop off: it runs (and bills) until you stop it"
+    if r["status"] == "RUNNING":
+        when = "now"
+    else:
+        when = f"when it next starts (it is {r['status']})"
+    return f"{r['name']} in {r['zone']}: {what}, from {when}."
