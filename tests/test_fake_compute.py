@@ -518,3 +518,12 @@ def test_zones_regions_disks_reads(gcp, factory):
 
     with pytest.raises(exceptions.NotFound):
         factory.compute("ImagesClient").get_from_family(project="deeplearning-platform-release", family="no-such-family")
+
+
+def test_unknown_query_parameter_is_rejected(gcp, factory):
+    base = f"{factory.compute_base_url}/projects/test-project/zones/{ZONE}/instances"
+    r = factory.session.get(base, params={"filtr": "name = x"})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == ('Invalid JSON payload received. Unknown name "filtr": Cannot bind query parameter. '
+                                            "Field 'filtr' could not be found in request message.")
+    assert factory.session.get(base, params={"filter": "name = x", "alt": "json"}).status_code == 200
