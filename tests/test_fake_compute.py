@@ -527,3 +527,9 @@ def test_unknown_query_parameter_is_rejected(gcp, factory):
     assert r.json()["error"]["message"] == ('Invalid JSON payload received. Unknown name "filtr": Cannot bind query parameter. '
                                             "Field 'filtr' could not be found in request message.")
     assert factory.session.get(base, params={"filter": "name = x", "alt": "json"}).status_code == 200
+
+
+def test_return_partial_success_is_accepted_where_the_doc_recommends_it(gcp, factory):
+    r = factory.session.get(f"{factory.compute_base_url}/projects/test-project/aggregated/instances",
+                            params={"returnPartialSuccess": "true", "maxResults": "500"})
+    assert r.status_code == 200

@@ -57,6 +57,11 @@ class Discovery:
                 return route, dict(zip(route.params, m.groups()))
         return None
 
+    @property
+    def system_params(self) -> frozenset[str]:
+        """Query parameters every method accepts (alt, fields, key, prettyPrint...)."""
+        return frozenset(self.doc.get("parameters", {})) | {"$alt", "$fields", "$prettyPrint", "$callback"}
+
     def path_exists(self, path: str) -> bool:
         return any(r.regex.fullmatch(path) for r in self.routes)
 
@@ -84,7 +89,11 @@ def discovery() -> Discovery:
                 else:
                     literals += 1
                     parts.append(re.escape(seg))
-            query = frozenset(k for k, v in meth.get("parameters", {}).items() if v.get("location") == "query")
+            query = {k for k, v in meth.get("parameters", {}).items() if v.get("location") == "query"}
+            # This revision no longer declares returnPartialSuccess, yet 52 method descriptions
+            # tell callers to set it and the API takes it: accept it where the text names it.
+            if "`returnPartialSuccess`" in meth.get("description", ""):
+                query.add("returnPartialSuccess")
             disc.routes.append(
                 Route(
                     id=meth["id"],
@@ -95,7 +104,7 @@ def discovery() -> Discovery:
                     regex=re.compile("/".join(parts)),
                     params=tuple(params),
                     request_schema=(meth.get("request") or {}).get("$ref"),
-                    query_params=query,
+                    query_params=frozenset(query),
                     specificity=(literals, len(params)),
                 )
             )

@@ -44,9 +44,6 @@ from tests.fakes.compute_discovery import Route, discovery, validate_body
 LINK = "https://www.googleapis.com/compute/v1/"
 NAME_RE = "(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)"
 ACTIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "REPAIRING")
-# Standard query parameters every Google API accepts besides the method's own.
-SYSTEM_PARAMS = frozenset({"alt", "$alt", "fields", "$fields", "key", "prettyPrint", "$prettyPrint", "quotaUser", "userIp",
-                           "access_token", "oauth_token", "callback", "$callback", "upload_protocol", "uploadType", "$.xgafv"})
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 HTTP_REASONS = {400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 409: "CONFLICT", 429: "TOO MANY REQUESTS",
                 500: "INTERNAL SERVER ERROR", 503: "SERVICE UNAVAILABLE"}
@@ -545,7 +542,7 @@ class FakeCompute:
         route = ctx.route
         disc_params = discovery().doc["resources"][route.resource]["methods"][route.method]["parameters"]
         for name in ctx.query:
-            if name not in route.query_params and name not in SYSTEM_PARAMS:
+            if name not in route.query_params and name not in discovery().system_params:
                 raise ApiError(400, f'Invalid JSON payload received. Unknown name "{name}": Cannot bind query parameter. '
                                     f"Field '{name}' could not be found in request message.", status="INVALID_ARGUMENT")
         for name, value in ctx.params.items():
