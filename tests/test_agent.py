@@ -573,3 +573,19 @@ def test_zz_print_scenario_table(capsys):
         print(f"{'scenario':<{width}}  result")
         for k, v in rows:
             print(f"{k:<{width}}  {v}")
+
+
+def test_journal_gets_a_line_per_change_not_per_minute(md):
+    clock = SimClock()
+    stopper = Stopper(clock)
+    gpu = Fixed("gpu", clock, lambda m: sig.BUSY if 10 <= m < 20 else sig.IDLE)
+    agent = make_agent([idle_jupyter(clock), gpu, no_ssh()], md, clock, stopper)
+    lines: list[str] = []
+    agent.log = lines.append
+    agent.run(max_ticks=200)
+    assert stopper.calls == [80]
+    assert lines[0] == "idle 0.0/60 min"
+    assert lines[1].startswith("idle 0.0/60 min; not idle: gpu=busy")
+    assert lines[2] == "idle 0.0/60 min"
+    assert lines[3].startswith("stopped after 60 min idle at ")
+    assert len(lines) == 5  # ... and the decision that stopped it

@@ -83,10 +83,11 @@ class Agent:
         start = self.clock()
         if self.watch_metadata:
             try:
+                if self._etag is None:
+                    self._etag = self.metadata.etag()
                 etag = self.metadata.wait_for_change(self._etag, seconds)
-                changed = self._etag is not None and etag != self._etag
-                self._etag = etag
-                if changed:
+                if etag != self._etag:
+                    self._etag = etag
                     return
             except OSError:
                 pass  # fall back to sleeping out the rest of the tick
@@ -96,6 +97,7 @@ class Agent:
 
     def run(self, max_ticks: int | None = None) -> int:
         ticks = 0
+        last_state: tuple | None = None
         while max_ticks is None or ticks < max_ticks:
             try:
                 decision = self.tick()
@@ -105,7 +107,11 @@ class Agent:
                 decision = None
             ticks += 1
             if decision is not None:
-                self.log(decision.describe())
+                # the journal gets a line when what holds the VM up changes, not every minute
+                state = (decision.window_minutes, decision.blockers and tuple(b.split(" ")[0] for b in decision.blockers))
+                if state != last_state or self.stopped_reason:
+                    self.log(decision.describe())
+                    last_state = state
                 if self.stopped_reason:
                     return 0
             self.wait(self.policy.tick_seconds)

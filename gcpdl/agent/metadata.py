@@ -47,6 +47,12 @@ class Metadata:
                 return None
             raise
 
+    def etag(self) -> str | None:
+        """The attributes' current ETag, to wait for a change from."""
+        with self._request("instance/attributes/", {"recursive": "true"}) as r:
+            r.read()
+            return r.headers.get("ETag")
+
     def wait_for_change(self, etag: str | None, timeout_s: float) -> str | None:
         """Block until the instance attributes change or ``timeout_s`` passes; return the new
         ETag. Watches the whole directory because waiting on a key that does not exist yet

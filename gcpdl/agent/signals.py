@@ -4,9 +4,9 @@ The rule that matters: a signal that cannot be read is UNKNOWN, never idle, and 
 counts a tick as idle when every signal says IDLE. Stdlib only (see gcpdl/agent/__init__.py).
 
 Decisions, in one place:
-- Jupyter: a kernel whose execution_state is busy (anything but idle/starting/dead) is busy; a kernel or terminal
-  that is new since the last tick, or whose last_activity changed since the last tick, is
-  activity. Changes are compared by value, never against the wall clock, so a clock jump cannot
+- Jupyter: a kernel whose execution_state is busy (anything but idle/starting/dead) is busy; a
+  kernel or terminal that is new since the last tick, or whose last_activity changed since the
+  last tick (a cell ran, a completion was asked for, the terminal printed), is activity. Changes are compared by value, never against the wall clock, so a clock jump cannot
   make old activity look stale. An open terminal with no input or output does not hold the VM up
   (an abandoned JupyterLab tab is the same trap as an idle kernel).
 - GPU: busy when any GPU's utilisation is at or above the threshold. No GPU visible: idle when
