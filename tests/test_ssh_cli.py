@@ -73,3 +73,18 @@ def test_interactive_hands_over_to_system_ssh(ssh_vm, isolated_env):
     )
     assert r.returncode == 5, r.stderr
     assert "interactive-ok" in r.stdout
+
+
+def test_ssh_does_not_import_the_compute_library(ssh_vm):
+    """`gcpdl ssh` reads the instance through the lean REST session: no 1.5 s compute_v1 import."""
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from gcpdl.cli.app import cli\n"
+        "r = CliRunner().invoke(cli, ['ssh', 'box', '--', 'true'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(sorted(m for m in sys.modules if m.startswith('google.cloud')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

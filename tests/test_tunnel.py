@@ -201,3 +201,74 @@ def test_close_ends_open_connections_and_threads(tunnel, jupyter_server):
     with pytest.raises(Exception):
         _echo(ws, "closed")
     assert wait_until(lambda: threading.active_count() < before, timeout=10)
+
+
+class FreezableProxy:
+    """A TCP relay in front of sshd whose live connections can be frozen: bytes stop flowing
+    but nothing is closed, like a laptop that slept or a NAT that forgot the connection."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target_port = target_port
+        self.frozen = threading.Event()
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.live: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                a, _ = self.server.accept()
+            except OSError:
+                return
+            b = socket.create_connection(("127.0.0.1", self.target_port))
+            gate = threading.Event()  # set: this connection is frozen
+            self.live.append(gate)
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(src, dst, gate), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, gate) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if gate.is_set():
+                    continue  # swallowed: the peer never hears back
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def freeze_live_connections(self) -> None:
+        for gate in self.live:
+            gate.set()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_silent_dead_link_is_detected_by_keepalive_and_healed(sshd, jupyter_server, events):
+    sshd.authorize(ensure_keypair().public_line)
+    proxy = FreezableProxy(sshd.port)
+    target = _target(sshd, port=proxy.port)
+    t = Tunnel(
+        lambda: open_transport(target, timeout=5),
+        ("127.0.0.1", jupyter_server.port),
+        keepalive=0.2, probe_timeout=0.5, backoff_base=0.05, backoff_cap=0.5, on_event=events.append,
+    ).start()
+    try:
+        assert requests.get(_url(t, "/api/status"), headers=_auth(jupyter_server), timeout=10).status_code == 200
+        proxy.freeze_live_connections()  # TCP stays open; nothing gets through any more
+        assert wait_until(lambda: any(e.kind == "reconnected" for e in events), timeout=20), events
+        assert [e.kind for e in events][:1] == ["lost"]
+        assert requests.get(_url(t, "/api/status"), headers=_auth(jupyter_server), timeout=10).status_code == 200
+    finally:
+        t.close()
+        proxy.close()
