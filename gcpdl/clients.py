@@ -7,6 +7,7 @@ libraries are imported inside the methods: `gcpdl --help` must not pay for them.
 
 from __future__ import annotations
 
+import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,85 @@ COMPUTE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STORAGE_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
 ADC_FIX = "Run: gcloud auth application-default login"
+
+
+_compute_lock = threading.Lock()
+
+
+def _compute_package() -> Any:
+    """google.cloud.compute_v1 without running its __init__ up front.
+
+    The package __init__ imports all ~90 service clients (~2.4 s here); gcpdl needs five. The
+    package module is created from its spec but not executed, so submodules import on their own
+    (~0.8 s for the types plus the services used). The first attribute the package itself does
+    not have yet runs the real __init__ once, so ``from google.cloud import compute_v1;
+    compute_v1.Anything`` keeps working for every other caller. (The library marks these imports
+    lazy itself for Python 3.15, PEP 810.)
+    """
+    import sys
+
+    with _compute_lock:  # `up` warms this on a thread while the main thread may ask too
+        mod = sys.modules.get("google.cloud.compute_v1")
+        return mod if mod is not None else _stub_compute_package()
+
+
+def _stub_compute_package() -> Any:
+    import importlib.util
+    import sys
+
+    name = "google.cloud.compute_v1"
+    import google.cloud
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:  # pragma: no cover - not installed
+        raise ModuleNotFoundError(name)
+    mod = importlib.util.module_from_spec(spec)
+    loaded = [False]
+
+    import os
+
+    roots = list(spec.submodule_search_locations or [])
+
+    def __getattr__(attr: str) -> Any:
+        if loaded[0] or attr.startswith("__"):
+            raise AttributeError(attr)
+        if any(os.path.exists(os.path.join(r, attr)) or os.path.exists(os.path.join(r, attr + ".py")) for r in roots):
+            # a submodule (`from google.cloud.compute_v1 import gapic_version`): let the import
+            # system load just that one
+            raise AttributeError(attr)
+        loaded[0] = True
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        return getattr(mod, attr)
+
+    mod.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules[name] = mod
+    google.cloud.compute_v1 = mod  # type: ignore[attr-defined]
+    return mod
+
+
+def compute_class(name: str) -> Any:
+    """A compute_v1 client class by name, importing only its own service module
+    (InstancesClient -> google.cloud.compute_v1.services.instances)."""
+    import importlib
+    import re
+
+    package = _compute_package()
+    if name.endswith("Client"):
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", name[: -len("Client")]).lower()
+        try:
+            module = importlib.import_module(f"{package.__name__}.services.{snake}")
+            return getattr(module, name)
+        except (ImportError, AttributeError):
+            pass
+    return getattr(package, name, None)
+
+
+def compute_types() -> Any:
+    """The compute_v1 message types module (Instance, Operation, request messages)."""
+    import importlib
+
+    _compute_package()
+    return importlib.import_module("google.cloud.compute_v1.types.compute")
 
 
 class ClientFactory:
@@ -78,9 +158,7 @@ class ClientFactory:
         """
         if name not in self._clients:
             from google.api_core.client_options import ClientOptions
-            from google.cloud import compute_v1
-
-            cls = getattr(compute_v1, name, None)
+            cls = compute_class(name)
             if cls is None:
                 raise AttributeError(f"google.cloud.compute_v1 has no {name}")
             self._clients[name] = cls(

@@ -337,3 +337,24 @@ def test_price_above_threshold_asks_and_no_means_nothing_created(env, monkeypatc
     assert "This VM costs about $" in result.stderr
     assert result.stderr.splitlines()[-1] == "Error: Nothing created."
     assert mutations(env) == []
+
+
+def test_compute_clients_import_only_their_service_modules():
+    """clients.compute_class loads one service module, yet the whole package still works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from gcpdl.clients import compute_class\n"
+        "c = compute_class('InstancesClient')\n"
+        "loaded = {m.split('.')[4] for m in sys.modules if m.startswith('google.cloud.compute_v1.services.')}\n"
+        "assert loaded == {'instances', 'zone_operations'}, loaded\n"  # its ExtendedOperation needs the second
+        "from google.cloud import compute_v1\n"
+        "assert compute_v1.InstancesClient is c\n"
+        "from google.cloud.compute_v1 import FirewallsClient, Instance\n"
+        "assert Instance.__name__ == 'Instance' and FirewallsClient.__name__ == 'FirewallsClient'\n"
+        "print('OK')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "OK", out.stderr

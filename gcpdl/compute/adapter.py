@@ -5,8 +5,9 @@ Two paths, one endpoint and one set of credentials (both from the factory):
   imports in ~0.2 s, where google.cloud.compute_v1 costs ~2.4 s on this machine, so `status`
   and `up`'s pre-flight answer without waiting for it;
 - mutations and operation waits go through the google-cloud-compute clients, fed the dry-run's
-  own bodies (``Instance.from_json(json.dumps(body))``). ``prefetch()`` starts that import on a
-  thread at the beginning of `up`, so it overlaps the pre-flight reads.
+  own bodies (``Instance.from_json(json.dumps(body))``). Only the service modules used are
+  imported (clients.compute_class), and ``prefetch()`` starts that import on a thread at the
+  beginning of `up`, so it overlaps the pre-flight reads.
 
 429 and 5xx are retried here, with backoff, under the caller's deadline, on reads and mutations
 alike (the library retries only reads, only on 503, with its own long deadline, so its retry is
@@ -44,6 +45,7 @@ _MUTATIONS: dict[str, tuple[str, str, str | None, str | None, str | None]] = {
     "firewalls.delete": ("FirewallsClient", "delete_unary", None, None, "firewall"),
 }
 
+PREFETCH_CLIENTS = ("InstancesClient", "ZoneOperationsClient", "GlobalOperationsClient", "FirewallsClient", "DisksClient")
 _import_lock = threading.Lock()
 _import_thread: threading.Thread | None = None
 
@@ -58,8 +60,14 @@ def prefetch() -> None:
 
 
 def _import_compute() -> None:
+    """Only the modules gcpdl uses (see clients.compute_class): ~0.7 s instead of ~2.4 s."""
+    from gcpdl.clients import compute_class, compute_types
+
     try:
-        import google.cloud.compute_v1  # noqa: F401
+        compute_types()
+        for name in PREFETCH_CLIENTS:
+            compute_class(name)
+        import google.protobuf.json_format  # noqa: F401
     except Exception:  # pragma: no cover - surfaced again by the real import on the main path
         pass
 
@@ -168,8 +176,11 @@ class Compute:
         """Send one ApiCall; return the operation as REST JSON (not yet waited for)."""
         from google.api_core import exceptions as gapi
         from google.auth import exceptions as gexc
-        from google.cloud import compute_v1
         from google.protobuf import json_format
+
+        from gcpdl.clients import compute_types
+
+        compute_v1 = compute_types()  # the message types only, not the whole package
 
         client_name, method_name, res_kw, res_type, name_kw = _MUTATIONS[call.kind]
         client = self.factory.compute(client_name)
@@ -218,8 +229,11 @@ class Compute:
         silently on an error without httpErrorStatusCode.
         """
         from google.api_core import exceptions as gapi
-        from google.cloud import compute_v1
         from google.protobuf import json_format
+
+        from gcpdl.clients import compute_types
+
+        compute_v1 = compute_types()
 
         zone = (op.get("zone") or "").rsplit("/", 1)[-1] or None
         region = (op.get("region") or "").rsplit("/", 1)[-1] or None
