@@ -533,3 +533,30 @@ def test_return_partial_success_is_accepted_where_the_doc_recommends_it(gcp, fac
     r = factory.session.get(f"{factory.compute_base_url}/projects/test-project/aggregated/instances",
                             params={"returnPartialSuccess": "true", "maxResults": "500"})
     assert r.status_code == 200
+
+
+def test_check_validates_a_planned_request_without_sending_it(gcp):
+    path = f"/compute/v1/projects/test-project/zones/{ZONE}/instances"
+    assert gcp.check("POST", path, {"name": "box", "machineType": f"zones/{ZONE}/machineTypes/n1-standard-4"}) is None
+    assert gcp.check("POST", path, {"name": "box", "gpu": "t4"}) == \
+        "Invalid JSON payload received. Unknown name \"gpu\" at 'instance': Cannot find field."
+    assert gcp.check("PUT", path, {}).startswith("No such method")
+    assert gcp.requests == [] and gcp.instances() == []
+
+
+def test_preempting_a_delete_action_spot_vm_removes_it(gcp):
+    from google.cloud import compute_v1  # noqa: F401  (same import cost as the other tests)
+
+    gcp.add_instance("gone", spot=True)
+    gcp.instances_by_key[(ZONE, "gone")]["scheduling"]["instanceTerminationAction"] = "DELETE"
+    op = gcp.preempt(ZONE, "gone")
+    assert op["operationType"] == "compute.instances.preempted" and op["status"] == "DONE"
+    assert gcp.instance(ZONE, "gone") is None and gcp.disks() == []
+
+
+def test_start_can_hand_out_a_new_external_address(gcp, factory):
+    gcp.add_instance("box", status="TERMINATED", nat_ip="127.0.0.1")
+    gcp.start_nat_ip = "127.0.0.2"
+    op = factory.compute("InstancesClient").start(project="test-project", zone=ZONE, instance="box")
+    factory.compute("ZoneOperationsClient").wait(project="test-project", zone=ZONE, operation=op.name)
+    assert gcp.instance(ZONE, "box")["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.2"

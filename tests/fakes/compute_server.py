@@ -275,6 +275,7 @@ class FakeCompute:
             self.quota_error_mode = "auto"
             self.default_nat_ip = "127.0.0.1"
             self.nat_ips: dict[str, str] = {}  # instance name -> natIP for instances inserted later
+            self.start_nat_ip: str | None = None  # natIP a started VM gets (None: keeps its address)
             self.require_auth = True
             self.requests: list[LoggedRequest] = []
             self.token_requests = 0
@@ -326,11 +327,14 @@ class FakeCompute:
         self.extra_images.setdefault(project, {})[family] = disk_size_gb
 
     def preempt(self, zone: str, name: str) -> dict:
-        """A spot VM is reclaimed: TERMINATED now, and a compute.instances.preempted operation."""
+        """A spot VM is reclaimed: TERMINATED now (deleted, with its auto-delete disks, when its
+        instanceTerminationAction is DELETE), and a compute.instances.preempted operation."""
         with self._lock:
             inst = self._get_instance(self.project, zone, name)
             inst["status"] = "TERMINATED"
             inst["lastStopTimestamp"] = self._ts()
+            if inst.get("scheduling", {}).get("instanceTerminationAction") == "DELETE":
+                self._remove_instance(zone, inst)
             op = self._new_op(self.project, ("zones", zone), "compute.instances.preempted", inst, polls=0, user="system")
             op.body["statusMessage"] = "Instance was preempted."
             return copy.deepcopy(op.body)
@@ -403,6 +407,23 @@ class FakeCompute:
     def set_guest_attributes(self, zone: str, instance: str, namespace: str, mapping: dict[str, str]) -> None:
         with self._lock:
             self.guest_attrs.setdefault((zone, instance), {}).setdefault(namespace, {}).update(mapping)
+
+    def check(self, method: str, path: str, body: Any = None) -> str | None:
+        """Would the API accept this request's shape? Routing, path parameters, query and body
+        schema only (no state, no auth): the error message, or None. For dry-run plans."""
+        parsed = urllib.parse.urlsplit(path)
+        rel = parsed.path.split("/compute/v1/", 1)[-1]
+        match = discovery().match(method, rel)
+        if match is None:
+            return f"No such method: {method} {parsed.path}"
+        route, params = match
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(parsed.query).items()}
+        ctx = Ctx(route, params.get("project", ""), params, query, body)
+        try:
+            self._check_shape(ctx)
+        except ApiError as e:
+            return e.message
+        return None
 
     def calls(self, method_id: str) -> list[LoggedRequest]:
         """Logged requests for one API method, e.g. calls("compute.instances.insert")."""
@@ -540,6 +561,15 @@ class FakeCompute:
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, ctx: Ctx) -> tuple[int, dict]:
         route = ctx.route
+        public_image = route.resource == "images" and ctx.project in self._image_projects()
+        self._check_shape(ctx, before_body=lambda: self._project_checks(ctx, api_only=public_image))
+        handler = self._handlers.get(route.id)
+        if handler is None:
+            raise ApiError(501, f"fake compute: {route.id} is not implemented", reason="notImplemented")
+        return handler(ctx)
+
+    def _check_shape(self, ctx: Ctx, before_body: Callable[[], None] | None = None) -> None:
+        route = ctx.route
         disc_params = discovery().doc["resources"][route.resource]["methods"][route.method]["parameters"]
         for name in ctx.query:
             if name not in route.query_params and name not in discovery().system_params:
@@ -549,8 +579,8 @@ class FakeCompute:
             pattern = disc_params.get(name, {}).get("pattern")
             if pattern and not re.fullmatch(pattern, value):
                 raise ApiError(400, f"Invalid value for field '{name}': '{value}'. Must be a match of regex '{pattern}'")
-        public_image = route.resource == "images" and ctx.project in self._image_projects()
-        self._project_checks(ctx, api_only=public_image)
+        if before_body:
+            before_body()
         if route.request_schema:
             if ctx.body is None:
                 ctx.body = {}
@@ -562,10 +592,6 @@ class FakeCompute:
                     "@type": "type.googleapis.com/google.rpc.BadRequest",
                     "fieldViolations": [{"field": v.field, "description": v.message} for v in violations],
                 }])
-        handler = self._handlers.get(route.id)
-        if handler is None:
-            raise ApiError(501, f"fake compute: {route.id} is not implemented", reason="notImplemented")
-        return handler(ctx)
 
     def _project_checks(self, ctx: Ctx, api_only: bool = False) -> None:
         p = ctx.project
@@ -772,7 +798,7 @@ class FakeCompute:
         if not body.get("networkInterfaces"):
             raise ApiError(400, "Invalid value for field 'resource.networkInterfaces': ''. At least one network interface is required.")
         mt_name = self._machine_type_of(project, zone, body.get("machineType"))
-        cpus, _, builtin = cat.MACHINE_TYPES[mt_name]
+        builtin = cat.MACHINE_TYPES[mt_name][2]
         accs = self._accelerators(project, zone, mt_name, builtin, body.get("guestAccelerators") or [])
         sched = body.get("scheduling") or {}
         spot = sched.get("provisioningModel") == "SPOT" or sched.get("preemptible") is True
@@ -786,7 +812,6 @@ class FakeCompute:
             raise invalid_field("resource.scheduling.instanceTerminationAction", sched["instanceTerminationAction"],
                                 "Instance termination action can only be set for SPOT instances.")
         image_gb = self._check_disks(project, zone, name, body.get("disks") or [])
-        gpus = sum(c for _, c in accs)
         sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot)
         if sync_err:
             raise sync_err
@@ -797,7 +822,6 @@ class FakeCompute:
             return self._op_response(op)
         inst = self._materialize(project, zone, body, nat_ip=self.nat_ips.get(name, self.default_nat_ip), disk_image_gb=image_gb)
         inst["status"] = "PROVISIONING"
-        del gpus, cpus
 
         def progress() -> None:
             if inst["status"] == "PROVISIONING":
@@ -1135,25 +1159,25 @@ class FakeCompute:
             raise ApiError(400, f"Invalid resource usage: 'Resource cannot be deleted if it's protected against deletion.'.",
                            reason="resourceInUseByAnotherResource")
         inst["status"] = "STOPPING"
-
-        def done() -> None:
-            for d in inst.get("disks", []):
-                key = (zone, d["source"].rsplit("/", 1)[-1])
-                disk = self.disks_by_key.get(key)
-                if disk is None:
-                    continue
-                if d.get("autoDelete"):
-                    del self.disks_by_key[key]
-                else:
-                    disk["users"] = [u for u in disk.get("users", []) if u != inst["selfLink"]]
-                    if not disk["users"]:
-                        del disk["users"]
-                    disk["lastDetachTimestamp"] = self._ts()
-            self.instances_by_key.pop((zone, name), None)
-            self.guest_attrs.pop((zone, name), None)
-
-        op = self._new_op(project, ("zones", zone), "delete", inst, on_done=done)
+        op = self._new_op(project, ("zones", zone), "delete", inst, on_done=lambda: self._remove_instance(zone, inst))
         return self._op_response(op)
+
+    def _remove_instance(self, zone: str, inst: dict) -> None:
+        """Delete an instance: auto-delete disks go with it, other disks are detached."""
+        for d in inst.get("disks", []):
+            key = (zone, d["source"].rsplit("/", 1)[-1])
+            disk = self.disks_by_key.get(key)
+            if disk is None:
+                continue
+            if d.get("autoDelete"):
+                del self.disks_by_key[key]
+            else:
+                disk["users"] = [u for u in disk.get("users", []) if u != inst["selfLink"]]
+                if not disk["users"]:
+                    del disk["users"]
+                disk["lastDetachTimestamp"] = self._ts()
+        self.instances_by_key.pop((zone, inst["name"]), None)
+        self.guest_attrs.pop((zone, inst["name"]), None)
 
     def _instances_start(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
@@ -1176,6 +1200,10 @@ class FakeCompute:
         def done() -> None:
             inst["status"] = "RUNNING"
             inst["lastStartTimestamp"] = self._ts()
+            if self.start_nat_ip:  # a real ephemeral external IP usually changes across stop/start
+                for nic in inst["networkInterfaces"]:
+                    for ac in nic.get("accessConfigs", []):
+                        ac["natIP"] = self.start_nat_ip
 
         op = self._new_op(project, ("zones", zone), "start", inst, on_done=done)
         return self._op_response(op)
