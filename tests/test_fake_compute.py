@@ -149,7 +149,6 @@ def test_gpu_without_terminate_is_rejected(gcp, factory):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(name="Bad_Name"), "Invalid value for field 'resource.name': 'Bad_Name'. Must be a match of regex"),
-    (dict(zone="us-east1-d", gpu="nvidia-tesla-v100"), "Accelerator type 'nvidia-tesla-v100' does not exist in zone 'us-east1-d'."),
     (dict(count=8), "Accelerator count must be between 1 and 4"),
     (dict(machine="e2-standard-4"), "[e2-standard-4, nvidia-tesla-t4] features are not compatible for creating instance."),
     (dict(machine="n1-nonsense-4"), "Machine type with name 'n1-nonsense-4' does not exist in zone 'us-central1-a'."),
@@ -162,6 +161,16 @@ def test_real_rules_are_enforced(gcp, factory, kwargs, message):
     with pytest.raises(exceptions.BadRequest) as e:
         factory.compute("InstancesClient").insert(project="test-project", zone=zone, instance_resource=instance_body(**kwargs))
     assert message in e.value.message
+    assert gcp.instances() == []
+
+
+def test_gpu_not_offered_in_the_zone_is_not_found(gcp, factory):
+    from google.api_core import exceptions
+
+    with pytest.raises(exceptions.NotFound) as e:
+        factory.compute("InstancesClient").insert(project="test-project", zone="us-east1-d",
+                                                  instance_resource=instance_body(zone="us-east1-d", gpu="nvidia-tesla-v100"))
+    assert e.value.errors[0]["message"] == "The resource 'projects/test-project/zones/us-east1-d/acceleratorTypes/nvidia-tesla-v100' was not found"
     assert gcp.instances() == []
 
 

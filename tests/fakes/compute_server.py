@@ -867,7 +867,9 @@ class FakeCompute:
                 raise invalid_field(fld, ref, "Must be a URL to a valid Compute resource of the correct type.")
             azone, atype = m.group(2), m.group(3)
             if azone != zone or atype not in cat.ZONE_ACCELERATORS.get(zone, []):
-                raise invalid_field(fld, ref, f"Accelerator type '{atype}' does not exist in zone '{zone}'.")
+                # what gcloud users see: "Could not fetch resource: - The resource
+                # 'projects/p/zones/us-west1-b/acceleratorTypes/nvidia-tesla-p4' was not found"
+                raise not_found(f"projects/{project}/zones/{azone}/acceleratorTypes/{atype}")
             count = int(a.get("acceleratorCount", 0) or 0)
             maximum = cat.ACCELERATORS[atype][1]
             if count < 1 or count > maximum:
