@@ -272,3 +272,18 @@ def test_silent_dead_link_is_detected_by_keepalive_and_healed(sshd, jupyter_serv
     finally:
         t.close()
         proxy.close()
+
+
+def test_gives_up_at_once_on_a_changed_host_key(sshd, jupyter_server, events):
+    from gcpdl.errors import HostKeyMismatch
+
+    sshd.authorize(ensure_keypair().public_line)
+    good = _target(sshd)
+    bogus = SshTarget(**{**good.__dict__, "guest_keys": (HostKey("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIDQ5w7oNyQm0Zx2m1b1ZKZtJp0mC5hH0yTQp4QGJ2x6a"),)})
+    targets = iter([good])  # the first connection is fine; after the drop the VM "changed"
+    t = Tunnel(lambda: open_transport(next(targets, bogus), timeout=5), ("127.0.0.1", jupyter_server.port),
+               keepalive=0.2, backoff_base=0.05, on_event=events.append).start()
+    sshd.kill_connections()
+    with pytest.raises(HostKeyMismatch):
+        t.wait(timeout=20)
+    assert [e.kind for e in events] == ["lost", "gave-up"]

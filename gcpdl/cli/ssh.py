@@ -43,7 +43,12 @@ def ssh(app: App, name: str, command: tuple[str, ...], project: str | None, zone
         session.close()
         config = Path.home() / ".ssh" / "config"
         # -F: the config that holds the Include (also right when HOME is not the passwd home)
-        os.execv(system_ssh, ["ssh", "-F", str(config), name])  # type: ignore[arg-type]
+        argv = ["ssh", "-F", str(config), name]
+        if os.name == "nt":  # no real exec on Windows: wait for ssh and pass its exit code on
+            import subprocess
+
+            raise click.exceptions.Exit(subprocess.call([system_ssh, *argv[1:]]))
+        os.execv(system_ssh, argv)  # type: ignore[arg-type]
     app.on_close(session.close)
     out = click.get_binary_stream("stdout")
     err = click.get_binary_stream("stderr")

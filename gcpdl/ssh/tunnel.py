@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from gcpdl.deadline import backoff
-from gcpdl.errors import GcpdlError, HostKeyMismatch, InvalidInput, SshError
+from gcpdl.errors import GcpdlError, HostKeyMismatch, InvalidInput, NotFound, SshError
 
 if TYPE_CHECKING:  # pragma: no cover
     import paramiko
@@ -38,6 +38,8 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 15.0
 CHANNEL_TIMEOUT = 15.0
 PORT_SCAN = 50  # 8888 busy: try up to 8937
+# Not worth retrying: a changed host key (never retry into it) or a VM that was deleted.
+PERMANENT = (HostKeyMismatch, NotFound)
 
 
 class ForwardingRefused(SshError):
@@ -234,7 +236,7 @@ class Tunnel:
                 self.reconnects += 1
                 self._event("reconnected", f"Reconnected to the VM after {time.monotonic() - started:.1f}s.", attempt)
                 return t
-            except HostKeyMismatch as e:  # not transient: never retry into a changed key
+            except PERMANENT as e:
                 self._give_up(e)
                 raise
             except Exception as e:
