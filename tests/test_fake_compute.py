@@ -210,7 +210,10 @@ def test_stockout_ends_the_operation_in_error(gcp, factory, code):
     err = done.error.errors[0]
     assert err.code == code and "does not have enough resources available" in err.message
     assert done.http_error_status_code == 503
-    assert err.error_details[0].error_info.metadatas["zonesAvailable"] == "us-central1-b"
+    meta = err.error_details[0].error_info.metadatas
+    assert meta["zonesAvailable"] == "us-central1-b"
+    if code.endswith("_WITH_DETAILS"):
+        assert meta["vmType"] == "n1-standard-4" and meta["attachment"] == "nvidia-tesla-t4=1"
     assert gcp.instances() == [] and gcp.disks() == []  # nothing is left behind
     # .result() raises on an operation error when httpErrorStatusCode is set. Its poller would
     # call the real endpoint, so the operation is made DONE in the insert response itself.

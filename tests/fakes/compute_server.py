@@ -812,7 +812,7 @@ class FakeCompute:
             raise invalid_field("resource.scheduling.instanceTerminationAction", sched["instanceTerminationAction"],
                                 "Instance termination action can only be set for SPOT instances.")
         image_gb = self._check_disks(project, zone, name, body.get("disks") or [])
-        sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot)
+        sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot, mt_name)
         if sync_err:
             raise sync_err
         if op_err:
@@ -943,7 +943,7 @@ class FakeCompute:
         return image_gb
 
     def _capacity_errors(self, project: str, zone: str, region: str, accs: list[tuple[str, int]], spot: bool,
-                         ignore: dict | None = None) -> tuple[ApiError | None, OpError | None]:
+                         machine_type: str, ignore: dict | None = None) -> tuple[ApiError | None, OpError | None]:
         """Quota first (as the real API checks it), then stockout."""
         gpus = sum(c for _, c in accs)
         if gpus:
@@ -978,7 +978,10 @@ class FakeCompute:
             details: list = []
             if so.code.endswith("_WITH_DETAILS"):
                 msg = f"{text}  '(resource type:compute)'."
-                meta: dict = {"zone": zone, "vmType": "compute"}
+                # recorded shape: reason "resource_availability", metadatas vmType/attachment
+                meta: dict = {"zone": zone, "vmType": machine_type}
+                if accs:
+                    meta["attachment"] = ",".join(f"{t}={c}" for t, c in accs)
                 if so.zones_available:
                     meta["zonesAvailable"] = ",".join(so.zones_available)
                 details = [{"errorInfo": {"reason": "resource_availability", "domain": "compute.googleapis.com", "metadatas": meta}},
@@ -1191,7 +1194,8 @@ class FakeCompute:
             raise ApiError(400, f"The resource '{_path_of(inst['selfLink'])}' is not ready", reason="resourceNotReady")
         accs = [(a["acceleratorType"].rsplit("/", 1)[-1], a["acceleratorCount"]) for a in inst.get("guestAccelerators", [])]
         spot = inst["scheduling"].get("provisioningModel") == "SPOT"
-        sync_err, op_err = self._capacity_errors(project, zone, _region_of(zone), accs, spot, ignore=inst)
+        sync_err, op_err = self._capacity_errors(project, zone, _region_of(zone), accs, spot,
+                                                 inst["machineType"].rsplit("/", 1)[-1], ignore=inst)
         if sync_err:
             raise sync_err
         if op_err:
