@@ -130,8 +130,8 @@ def connect(
                 raise KeyNotAuthorized(
                     f"VM {target.name} refused gcpdl's SSH key for user {target.user}.",
                     fix=(
-                        f"The instance metadata 'ssh-keys' must hold {target.user}:<{key_dir() / 'id_ed25519.pub'}>; "
-                        f"`gcpdl up {target.name}` sets it."
+                        f"The VM's 'ssh-keys' metadata must hold the line '{target.user}:<contents of "
+                        f"{key_dir() / 'id_ed25519.pub'}>' (gcpdl up sets it when it creates a VM); add it back if it was removed."
                     ),
                 ) from None
             last = "gcpdl's key is not installed on the VM yet"
