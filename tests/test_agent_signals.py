@@ -96,3 +96,15 @@ def test_real_proc_table_sees_a_child_and_its_parent():
     finally:
         child.kill()
         child.wait()
+
+
+def test_holding_sync_lock_is_seen_by_the_agent_and_cleaned_up(tmp_path):
+    lock = tmp_path / "sync.lock"
+    signal = sig.SyncSignal(str(lock), table=lambda: [])
+    with sig.holding_sync_lock(str(lock)) as held:
+        assert held and lock.read_text() == f"{os.getpid()}\n"
+        assert signal.read().state == sig.BUSY
+    assert not lock.exists()
+    assert signal.read().state == sig.IDLE
+    with sig.holding_sync_lock(str(tmp_path / "no-such-dir" / "sync.lock")) as held:
+        assert held is False  # off the VM: nothing to tell

@@ -20,6 +20,7 @@ Decisions, in one place:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -28,7 +29,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 IDLE, BUSY, UNKNOWN = "idle", "busy", "unknown"
 
@@ -297,6 +298,31 @@ def is_sync_command(args: str) -> bool:
         if "gcpdl" in os.path.basename(tok) and "gcpdl.agent" not in tok and "sync" in tokens[i + 1:]:
             return True
     return False
+
+
+@contextlib.contextmanager
+def holding_sync_lock(path: str = SYNC_LOCK) -> Iterator[bool]:
+    """For `gcpdl sync` on the VM: tell the agent a sync is running (yields whether the lock
+    could be written; off the VM /run/gcpdl does not exist and this is a no-op). The file is
+    removed on exit only while it still names this process."""
+    pid = str(os.getpid())
+    try:
+        with open(path, "w") as f:
+            f.write(pid + "\n")
+        held = True
+    except OSError:
+        held = False
+    try:
+        yield held
+    finally:
+        if held:
+            try:
+                with open(path) as f:
+                    mine = f.read().strip() == pid
+                if mine:
+                    os.unlink(path)
+            except OSError:
+                pass
 
 
 class SyncSignal:

@@ -12,7 +12,7 @@ TIMEOUT = 60.0
 
 @click.command()
 @click.argument("name", metavar="[NAME]", required=False)
-@click.option("--credits", "credits_", type=str, help="Credits you have left, in USD (default: the credits config value).")
+@click.option("--credits", "credits_", type=str, metavar="USD", help="Credits you have left, in USD (default: the credits config value).")
 @project_option
 @json_option
 @click.pass_obj
