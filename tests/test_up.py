@@ -311,6 +311,7 @@ def test_missing_credentials(env, monkeypatch, tmp_path):
         (["--gpu", "p4"], "Error: GPU p4 (nvidia-tesla-p4) is not offered in zone us-central1-a. Zones that offer it: us-central1-c, europe-west4-a."),
         (["--gpu", "t4", "--disk", "55"], "Error: --disk 55 GB is smaller than the image pytorch-2-7-cu128-ubuntu-2204-nvidia-570 (60 GB); use --disk 60 or more."),
         (["--cpu-only", "--image-family", "no-such-family", "--image-project", "debian-cloud"], "Error: Image family no-such-family in project debian-cloud not found."),
+        (["--cpu-only", "--machine", "e2-standard-64"], "Error: Machine type e2-standard-64 does not exist in zone us-central1-a."),
     ],
 )
 def test_zone_and_image_checks_happen_before_any_mutation(env, args, line):
@@ -358,3 +359,21 @@ def test_compute_clients_import_only_their_service_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "OK", out.stderr
+
+
+def test_refused_insert_removes_what_this_run_created(env):
+    env.fail_next(400, times=1, method="POST", path="/instances$")
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == "Error: Compute Engine refused the request: Injected failure 400"
+    assert "Removed firewall rule gcpdl-ssh-box created by this run." in result.stderr
+    assert "Removed data disk box-data created by this run." in result.stderr
+    assert env.instances() == [] and env.disks() == [] and env.firewalls() == []
+
+
+def test_spot_with_max_hours_stops_not_deletes(env):
+    result = run("up", "box", "--gpu", "t4", "--spot", "--max-hours", "2", "--yes")
+    assert result.exit_code == 0, result.output
+    sched = env.instance(ZONE, "box")["scheduling"]
+    assert sched["provisioningModel"] == "SPOT" and sched["instanceTerminationAction"] == "STOP"
+    assert sched["maxRunDuration"] == {"seconds": "7200"}

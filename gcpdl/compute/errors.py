@@ -121,6 +121,8 @@ def from_exception(exc: Any) -> ApiError:
         reasons.append(exc.reason)
         metadata.update({k: str(v) for k, v in (getattr(exc, "metadata", None) or {}).items()})
     message = getattr(exc, "message", None) or str(exc)
+    # api_core prefixes "POST http://host/path?requestId=...: "; the user needs only the reason
+    message = re.sub(r"^(GET|POST|PATCH|PUT|DELETE) \S+: ", "", message)
     return ApiError(status, reasons[0] if reasons else "", message, reasons, metadata)
 
 

@@ -152,6 +152,10 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
             deadline, None, f"Image family {spec.image_family} in project {spec.image_project}",
         )
         f_disk = pool.submit(compute.aggregated, "disks", deadline, f"name = {spec.data_disk_name}") if spec.data_disk_gb else None
+        # a --machine that is not a catalogue default may not exist in this zone
+        f_machine = pool.submit(
+            compute.get_or_none, f"{rq.zone_path(project, first)}/machineTypes/{spec.machine_type}", deadline,
+        ) if not _default_machine(spec) else None
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result())
@@ -159,8 +163,11 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         image = f_image.result()
         rule = f_rule.result()
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
+        machine_missing = f_machine is not None and f_machine.result() is None
 
     zn.check_zone(spec, first, offered or {})
+    if machine_missing:
+        raise InvalidInput(f"Machine type {spec.machine_type} does not exist in zone {first}.")
     image_gb = int(image.get("diskSizeGb") or 0)
     if spec.disk_gb < image_gb:
         raise InvalidInput(f"--disk {spec.disk_gb} GB is smaller than the image {spec.image_family} ({image_gb} GB); use --disk {image_gb} or more.")
@@ -211,6 +218,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     # e.g. ``result.ssh = gcpdl.ssh.ready(inst, deadline)``; keep `up` returning UpResult.
     result.api_calls = compute.calls
     return result
+
+
+def _default_machine(spec: VmSpec) -> bool:
+    from gcpdl.spec import DEFAULT_CPU_MACHINE
+
+    gpu = spec.catalogue
+    return spec.machine_type == (gpu.machines[spec.gpu_count] if gpu else DEFAULT_CPU_MACHINE)
 
 
 def _settle(f: Future | None) -> None:
