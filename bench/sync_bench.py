@@ -328,7 +328,7 @@ def report(results: list[Result], scale: Scale, meta: dict) -> str:
         lines.append(f"  (c) no-op: gcpdl re-sync {g.wall:.2f} s (process) vs listing alone {li.wall:.2f} s = {x:.2f}x (target <= 1.2x): {verdict(x <= 1.2)}")
         if g.engine_seconds is not None and li.engine_seconds:
             lines.append(f"      engine's own timer {g.engine_seconds:.2f} s vs listing's own timer {li.engine_seconds:.2f} s = {g.engine_seconds / li.engine_seconds:.2f}x "
-                         f"(the difference is interpreter start-up and imports); media requests during re-sync: {g.extra.get('media_requests')}")
+                         f"(process wall minus own timer is start-up and imports); media requests during re-sync: {g.extra.get('media_requests')}")
     g = find(results, "rss", "gcpdl")
     if g and g.rss_mb is not None:
         lines.append(f"  (d) peak RSS at {scale.rss[0]} objects: {g.rss_mb:.0f} MB (target <= 200 MB at 200,000): {verdict(g.rss_mb <= 200 if scale.rss[0] >= 200_000 else None)}")

@@ -349,3 +349,20 @@ def test_standin_agrees_with_gcp_storage_emulator(gcs, gcs_emu, monkeypatch):
     assert ours["prefixes"] == theirs["prefixes"] == ["mixed/sub/"]
     for key in ("listed", "meta", "media"):
         assert ours[key] == theirs[key], key
+
+
+def test_gcp_storage_emulator_limits_we_plan_around(gcs_emu):
+    """Pin down the emulator's known limits (issue 4), so a change in them is noticed: an engine
+    test that needs pagination or partial responses must use the stand-in."""
+    gcs_emu.create_bucket("b")
+    objects = {f"k/{i:03d}": bytes([i]) * i for i in range(25)}
+    gcs_emu.put_many("b", objects)  # more than a handful: written to its data directory directly
+    conn = http.client.HTTPConnection(gcs_emu.host, gcs_emu.port, timeout=30)
+    conn.request("GET", "/storage/v1/b/b/o?maxResults=10&fields=items(name)")
+    r = conn.getresponse()
+    doc = json.loads(r.read())
+    assert r.version == 10  # HTTP/1.0: a connection per request
+    assert len(doc["items"]) == 25 and "nextPageToken" not in doc  # maxResults ignored
+    assert "size" in doc["items"][0]  # fields ignored
+    assert gcs_emu.object_bytes("b", "k/007") == objects["k/007"]
+    assert _client().bucket("b").blob("k/024").download_as_bytes() == objects["k/024"]
