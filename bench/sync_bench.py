@@ -217,6 +217,23 @@ class Bench:
         for p in self.work.glob(f"{wl}-*"):
             shutil.rmtree(p, ignore_errors=True)
 
+    def capacity(self, names: list[str], size: int, latency: float) -> None:
+        """The stand-in's raw capacity with no injected latency (how far it is from being the
+        bottleneck), then the 20 ms figure again for comparison."""
+        self.log("server capacity (no injected latency)")
+        self.s.faults(latency=0.0)
+        try:
+            for conns in (8, 64):
+                nf = OUT / "capacity-names.txt"
+                nf.write_text("\n".join(names))
+                cmd = [PY, str(ROOT / "bench" / "_peers.py"), "ceiling", "--url", self.s.url, "--bucket", BUCKET,
+                       "--names", str(nf), "--conns", str(conns)]
+                r = self._tool("capac", f"raw GET x{conns}, 0 ms", cmd, self.env, None, (len(names), len(names) * size))
+                if r.ok and r.engine_seconds:
+                    r.wall = r.engine_seconds
+        finally:
+            self.s.faults(latency=latency)
+
     def noop(self, names: list[str], size: int) -> None:
         expect = (len(names), len(names) * size)
         self.log(f"(c) no-op re-sync: {len(names)} x {size} bytes")
@@ -341,7 +358,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="gcpdl sync benchmark (issue 4)")
     ap.add_argument("--quick", action="store_true", help="small sizes: 2,000 x 64 KB, 2 x 64 MB, 10,000 no-op, 20,000 RSS")
     ap.add_argument("--latency", type=float, default=0.02, help="seconds the server adds to every request (default 0.02)")
-    ap.add_argument("--only", default="a,b,c,d", help="workloads to run, e.g. a,c")
+    ap.add_argument("--only", default="cap,a,b,c,d", help="workloads to run, e.g. a,c (cap: the server's capacity without latency)")
     ap.add_argument("--peers", default="ceiling,gcpdl,rclone,tm,gsutil", help="tools to run")
     ap.add_argument("--work", type=Path, default=OUT / "work", help="where downloads land (removed after each workload)")
     args = ap.parse_args(argv)
@@ -363,6 +380,8 @@ def main(argv=None) -> None:
             if g:
                 bench.gsutil, socat = (g[0], g[1]), g[2]
         names = bench.seed()
+        if "cap" in only:
+            bench.capacity(names["small"], scale.small[1], args.latency)
         if "a" in only:
             bench.transfer("small", names["small"], scale.small[1])
         if "b" in only:
