@@ -227,6 +227,18 @@ def test_503_for_matching_names_only(gcs):
     assert gcs.counters()["faults:503"] == 1
 
 
+def test_fail_fraction_hits_only_the_chosen_kinds(gcs):
+    gcs.create_bucket("data", public=True)
+    gcs.put("data", "f", b"1")
+    gcs.faults(fail_status=503, fail_fraction=1.0, fail_kinds=["list"])
+    assert _raw(gcs, "GET", "/storage/v1/b/data/o/f?alt=media")[0] == 200
+    assert _raw(gcs, "GET", "/storage/v1/b/data/o/f")[0] == 200
+    assert [_raw(gcs, "GET", "/storage/v1/b/data/o")[0] for _ in range(3)] == [503] * 3
+    gcs.faults(fail_status=503, fail_fraction=0.5, seed=1)
+    statuses = [_raw(gcs, "GET", "/storage/v1/b/data/o/f")[0] for _ in range(40)]
+    assert 0 < statuses.count(503) < 40 and set(statuses) == {200, 503}
+
+
 def test_corrupted_byte_is_caught_by_crc32c_validation(gcs):
     from google.cloud.storage.exceptions import DataCorruption
 
@@ -271,7 +283,7 @@ def test_latency_is_added_before_each_response(gcs):
 
 def test_concurrent_keepalive_clients(gcs):
     gcs.create_bucket("data", public=True)
-    names = gcs.generate("data", "c/", count=400, size=4096, seed=5)
+    names = gcs.generate("data", "c/", count=640, size=4096, seed=5)
     expected = {n: _crc(gcs.object_bytes("data", n)) for n in names}
     gcs.faults(latency=0.01)  # keeps requests overlapping, so in-flight > 1 is observable
     errors: list[str] = []
@@ -285,15 +297,15 @@ def test_concurrent_keepalive_clients(gcs):
                 errors.append(n)
         conn.close()
 
-    threads = [threading.Thread(target=worker, args=(names[i::16],)) for i in range(16)]
+    threads = [threading.Thread(target=worker, args=(names[i::64],)) for i in range(64)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     c = gcs.counters(detail=True)
     assert errors == []
-    assert c["kind:media"] == 400 and c["bytes_served"] == 400 * 4096
-    assert c["connections"] >= 16 and c["max_inflight"] > 1
+    assert c["kind:media"] == 640 and c["bytes_served"] == 640 * 4096
+    assert c["connections"] >= 64 and c["max_inflight"] > 1
     assert set(c["media_by_object"]) == set(names)
 
 
