@@ -142,3 +142,12 @@ def test_dry_run_needs_no_credentials_and_no_compute_import(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stderr
     assert json.loads(out.stdout)["requests"][0]["body"]["sourceRanges"] == ["203.0.113.7/32"]
+
+
+@pytest.mark.parametrize("gpu", ["t4", "p4:2", "p100", "v100:8", "l4:4", "a100:16", "a100-80gb:2", "h100:8", None])
+def test_every_plan_is_a_valid_request_shape(env, fake_compute, gpu):
+    """Each planned request routes and validates against the Compute v1 discovery document."""
+    args = ["--gpu", gpu] if gpu else ["--cpu-only"]
+    plan = _plan(*args, "--spot", "--data-disk", "50", "--max-hours", "1")
+    for request in plan["requests"]:
+        assert fake_compute.check(request["method"], request["path"], request["body"]) is None, request["path"]

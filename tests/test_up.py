@@ -377,3 +377,20 @@ def test_spot_with_max_hours_stops_not_deletes(env):
     sched = env.instance(ZONE, "box")["scheduling"]
     assert sched["provisioningModel"] == "SPOT" and sched["instanceTerminationAction"] == "STOP"
     assert sched["maxRunDuration"] == {"seconds": "7200"}
+
+
+def test_ready_step_runs_last_with_its_own_deadline(env):
+    """The slot the SSH/Jupyter readiness step (issue 3) plugs into."""
+    from gcpdl.compute import lifecycle
+    from gcpdl.spec import build_spec
+
+    seen = []
+
+    def ready(inst, deadline):
+        seen.append((inst.name, inst.status, deadline.what, len(env.calls("compute.instances.insert"))))
+        return {"host": inst.external_ip}
+
+    ctx = lifecycle.UpContext(compute=_compute(), zones=[ZONE], ssh_from="203.0.113.7/32", ready=ready)
+    result = lifecycle.up(ctx, build_spec("box", gpu="t4"))
+    assert seen == [("box", "RUNNING", "box to be ready", 1)]
+    assert result.ssh == {"host": "127.0.0.1"} and result.as_dict()["ready"] == {"host": "127.0.0.1"}

@@ -49,6 +49,8 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         disk=disk, disk_type=disk_type, data_disk=data_disk, spot=spot, autostop=autostop, max_hours=max_hours,
         ssh_from=ssh_from,
     )
+    if vm.machine_type in specs.SPOT_ONLY_MACHINES and not vm.spot:
+        app.warn(f"{vm.machine_type} is sold only as Spot or Flex-start capacity; add --spot if creation is refused.")
     settings = app.settings(project=project, zone=zone)
     candidates = _candidates(settings.zone, settings.zones)
     first = lifecycle.first_zone(None, candidates)
@@ -88,6 +90,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         progress=app.say,
         confirm=None if yes else _confirm,
         confirm_above=settings.confirm_above,
+        # ready=...: the SSH/Jupyter readiness step (gcpdl.ssh.ready.wait_ready) plugs in here
     )
     result = lifecycle.up(ctx, vm)
     for diff in result.differences:

@@ -133,6 +133,9 @@ class UpContext:
     confirm_above: float = float("inf")
     now: Callable[[], float] = time.time
     attempts: list[ZoneAttempt] = field(default_factory=list)
+    # The end of `up` (issue 3): e.g. gcpdl.ssh.ready.wait_ready -- startup progress, SSH with a
+    # verified host key, Jupyter, ~/.ssh config. Its return value becomes UpResult.ssh.
+    ready: Callable[[Instance, Deadline], Any] | None = None
 
 
 def up(ctx: UpContext, spec: VmSpec) -> UpResult:
@@ -214,9 +217,17 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         firewall_rule=rq.firewall_name(spec.name),
         ssh_from=ctx.ssh_from,
     )
-    # --- SSH step (issue 3): host key from guest attributes, ~/.ssh config. It slots in here,
-    # e.g. ``result.ssh = gcpdl.ssh.ready(inst, deadline)``; keep `up` returning UpResult.
-    result.api_calls = compute.calls
+    return _finish(ctx, result)
+
+
+READY_TIMEOUT = 900.0  # first boot installs the NVIDIA driver: minutes, not seconds
+
+
+def _finish(ctx: UpContext, result: UpResult) -> UpResult:
+    """--- SSH step (issue 3) --- the VM exists and runs; make it usable, under its own deadline."""
+    if ctx.ready is not None:
+        result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
+    result.api_calls = ctx.compute.calls
     return result
 
 
@@ -339,9 +350,7 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None) -> U
         instance=inst, action=action, price_per_hour=_price_of(inst), differences=diffs,
         firewall_rule=rq.firewall_name(spec.name), ssh_from=ctx.ssh_from,
     )
-    # --- SSH step (issue 3) slots in here too.
-    result.api_calls = compute.calls
-    return result
+    return _finish(ctx, result)
 
 
 def _price_of(inst: Instance) -> float:

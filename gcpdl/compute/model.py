@@ -179,4 +179,5 @@ class UpResult:
             "differences": self.differences,
             "firewall_rule": self.firewall_rule,
             "ssh_from": self.ssh_from,
+            "ready": self.ssh.as_dict() if hasattr(self.ssh, "as_dict") else self.ssh,
         }
