@@ -211,8 +211,8 @@ def _child(args: list[str], env: dict) -> tuple[subprocess.Popen, list[int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=64, help="MB per bulk transfer")
-    ap.add_argument("--reps", type=int, default=3, help="bulk transfers per path and direction (median)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="duration of the request-rate run")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved rounds over the three paths (medians)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="total request-rate time per path")
     ap.add_argument("--concurrency", type=int, default=4, help="keep-alive connections in the request-rate run")
     ap.add_argument("--backend", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tunnel", nargs="+", help=argparse.SUPPRESS)
@@ -262,13 +262,22 @@ def main() -> None:
         paths = {"direct": (blob_port, http_port), "gcpdl tunnel": (g_blob, g_http), "ssh -L": (s_blob, s_http)}
         size = a.mb * 1024 * 1024
         rows: dict[str, dict[str, float]] = {}
-        for name, (bp, hp) in paths.items():
+        samples: dict[tuple[str, str], list[float]] = {}
+        for bp, _ in paths.values():
             download(bp, CHUNK)  # warm up (connection, channel, caches)
-            rows.setdefault(f"download MB/s ({a.mb} MB)", {})[name] = statistics.median(download(bp, size) for _ in range(a.reps))
-            rows.setdefault(f"upload MB/s ({a.mb} MB)", {})[name] = statistics.median(upload(bp, size) for _ in range(a.reps))
-            rows.setdefault(f"requests/s ({a.concurrency} keep-alive conns)", {})[name] = request_rate(hp, a.seconds, a.concurrency)
-            rows.setdefault("request latency p50 ms (1 conn)", {})[name] = latency_ms(hp)
-            rows.setdefault("new connections/s (1 request each)", {})[name] = new_connections_per_s(hp)
+        # rounds interleave the paths, so a burst of load elsewhere on a busy machine hits all
+        # three alike instead of skewing one column
+        for _ in range(a.reps):
+            for name, (bp, hp) in paths.items():
+                samples.setdefault((f"download MB/s ({a.mb} MB)", name), []).append(download(bp, size))
+                samples.setdefault((f"upload MB/s ({a.mb} MB)", name), []).append(upload(bp, size))
+                samples.setdefault((f"requests/s ({a.concurrency} keep-alive conns)", name), []).append(
+                    request_rate(hp, a.seconds / a.reps, a.concurrency)
+                )
+                samples.setdefault(("request latency p50 ms (1 conn)", name), []).append(latency_ms(hp))
+                samples.setdefault(("new connections/s (1 request each)", name), []).append(new_connections_per_s(hp))
+        for (metric, name), values in samples.items():
+            rows.setdefault(metric, {})[name] = statistics.median(values)
         _print(rows, a)
     finally:
         for p in procs:
@@ -299,7 +308,7 @@ def _print(rows: dict[str, dict[str, float]], a: argparse.Namespace) -> None:
         print(line)
     load = os.getloadavg()
     print(f"\n{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; "
-          f"bulk = median of {a.reps}; ratios > 1 mean gcpdl is higher (for latency, higher is worse).")
+          f"each figure = median of {a.reps} interleaved rounds; ratios > 1 mean gcpdl is higher (for latency, higher is worse).")
 
 
 if __name__ == "__main__":
