@@ -302,9 +302,12 @@ def test_client_retries_reads_on_503_but_not_429_or_mutations(gcp, factory):
     gcp.fail_next(503, times=2, method="GET")
     assert client.get(project="test-project", zone=ZONE, instance="box").name == "box"
     assert len(gcp.calls("compute.instances.get")) == 3
-    gcp.fail_next(429, method="GET")
-    with pytest.raises(exceptions.TooManyRequests):
-        client.get(project="test-project", zone=ZONE, instance="box")
+    # the retry predicate names DeadlineExceeded, but an HTTP 504 arrives as GatewayTimeout: not retried
+    for status, exc in ((504, exceptions.GatewayTimeout), (429, exceptions.TooManyRequests), (500, exceptions.InternalServerError)):
+        gcp.fail_next(status, method="GET")
+        with pytest.raises(exc):
+            client.get(project="test-project", zone=ZONE, instance="box")
+    assert len(gcp.calls("compute.instances.get")) == 6  # 3 for the 503s, then one each
     gcp.fail_next(503, method="POST")
     with pytest.raises(exceptions.ServiceUnavailable):
         client.stop(project="test-project", zone=ZONE, instance="box")
