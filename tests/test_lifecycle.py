@@ -122,3 +122,15 @@ def test_operation_error_surfaces_its_code(env):
     assert isinstance(err, OperationFailed)
     assert err.code == "RESOURCE_OPERATION_RATE_EXCEEDED"
     assert str(err) == "Stopping box failed with RESOURCE_OPERATION_RATE_EXCEEDED: Too many operations on box."
+
+
+def test_down_removes_the_ssh_config_entry(env):
+    from gcpdl.ssh.sshconfig import has_host, refresh_host
+
+    assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
+    refresh_host("box", "127.0.0.1", "12345", user="gcpdl", port=22)
+    assert has_host("box")
+    result = run("down", "box", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert "ssh config entry box" in json.loads(result.stdout)["deleted"]
+    assert not has_host("box")

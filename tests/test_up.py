@@ -394,3 +394,15 @@ def test_ready_step_runs_last_with_its_own_deadline(env):
     result = lifecycle.up(ctx, build_spec("box", gpu="t4"))
     assert seen == [("box", "RUNNING", "box to be ready", 1)]
     assert result.ssh == {"host": "127.0.0.1"} and result.as_dict()["ready"] == {"host": "127.0.0.1"}
+
+
+def test_lost_reply_on_insert_is_retried_with_the_same_request_id(env):
+    """The insert took effect but its reply was a 503: the retry must not create a second VM
+    (or fail on alreadyExists): requestId makes the API answer with the first operation."""
+    env.fail_next(503, times=1, method="POST", path="/instances$", after=True)
+    env.fail_next(502, times=1, method="POST", path="/disks$", after=True)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100", "--json")
+    assert result.exit_code == 0, result.output
+    inserts = env.calls("compute.instances.insert")
+    assert len(inserts) == 2 and inserts[0].query["requestId"] == inserts[1].query["requestId"]
+    assert len(env.instances()) == 1 and [d["name"] for d in env.disks()] == ["box", "box-data"]

@@ -75,6 +75,13 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
         return click.confirm(f"Delete {inst.name} in {inst.zone}{extra}? This cannot be undone.", default=False, err=True)
 
     result = lifecycle.down(compute, name, delete_data=delete_data, confirm=None if yes else confirm, progress=app.say)
+    from gcpdl.ssh.sshconfig import remove_host
+
+    try:
+        if remove_host(name):  # `ssh NAME` would otherwise point at a deleted VM's address
+            result.deleted.append(f"ssh config entry {name}")
+    except OSError as e:
+        app.warn(f"Could not remove {name} from the gcpdl ssh config: {e}")
     app.emit(result.as_dict(), as_json, _render)
 
 
