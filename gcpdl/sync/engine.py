@@ -32,6 +32,7 @@ from gcpdl.sync.verify import require_c_crc32c
 DEFAULT_JOBS = 64
 PLAN_AHEAD = 50_000  # objects planned but not yet started; bounds memory (~150 B each)
 DEFAULT_STORAGE_ENDPOINT = "https://storage.googleapis.com"
+RECENT_FILES = 20_000  # file names remembered for file-vs-folder collision checks
 MAX_WARNINGS = 20  # per kind; the rest are counted in the summary
 
 ProgressFn = Callable[[Progress], None]
@@ -52,6 +53,8 @@ class SyncOptions:
     slice_size: int = 16 << 20
     retry_base: float = 0.25
     progress_interval: float = 0.5
+    # free bytes on DEST's filesystem; injectable so a test can stage a full disk
+    disk_free: Callable[[str], int] = field(default=lambda path: shutil.disk_usage(path).free)
 
 
 def file_crc32c(path: str) -> int:
@@ -77,8 +80,10 @@ def _identity(creds: Any) -> str:
 
 def _credentials(factory: Any, anonymous: bool, warn: WarnFn) -> Any | None:
     """None means anonymous: asked for, an emulator, or no credentials at all (public buckets)."""
-    if anonymous or getattr(factory, "storage_is_emulator", False):
+    if anonymous:
         return None
+    if getattr(factory, "storage_is_emulator", False) and getattr(factory, "_credentials", None) is None:
+        return None  # like the library under STORAGE_EMULATOR_HOST, unless a caller injected some
     try:
         return factory.credentials()
     except CredentialsError:
@@ -103,6 +108,8 @@ class _Run:
         self.planned_bytes = 0
         self.listing_done = False
         self.seen: set[str] | None = set() if opts.delete else None
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
         # written by the loop
         self.bytes_live = 0
         self.abort = threading.Event()
@@ -130,6 +137,26 @@ class _Run:
         )
 
     # --- planning (listing thread) -----------------------------------------------------------
+    # The listing is sorted, so an object `a` comes shortly before `a/b` (only names like `a-x`
+    # or `a.txt` sort between them). Remembering the most recent file names lets the planner
+    # report the collision deterministically (the file wins) instead of racing two downloads.
+    def _remember_file(self, rel: str) -> None:
+        self._recent_order.append(rel)
+        self._recent.add(rel)
+        if len(self._recent_order) > RECENT_FILES:
+            self._recent.discard(self._recent_order.popleft())
+
+    def _file_in_the_way(self, rel: str) -> str | None:
+        if not self._recent:
+            return None
+        parts = rel.split("/")
+        path = parts[0]
+        for i in range(1, len(parts)):
+            if path in self._recent:
+                return path
+            path = f"{path}/{parts[i]}"
+        return None
+
     def plan_page(self, page: list, state: Any) -> list:
         s = self.summary
         s.listed += len(page)
@@ -147,6 +174,13 @@ class _Run:
             if self.filters and not self.filters.keep(rel):
                 s.filtered += 1
                 continue
+            if "/" in rel:
+                blocker = self._file_in_the_way(rel)
+                if blocker is not None:
+                    s.collisions += 1
+                    self.warn("collision", f"Skipping {rec.name!r}: a file is in the way of its folder (file {blocker!r}).")
+                    continue
+            self._remember_file(rel)
             keep.append((rec, rel))
         if not keep:
             return []
@@ -317,7 +351,7 @@ def _check_space(run: _Run) -> None:
     need = run.planned_bytes - run.bytes_live
     if need <= 0:
         return
-    free = shutil.disk_usage(run.dest).free
+    free = run.opts.disk_free(run.dest)
     if need > free:
         raise SyncError(
             f"Not enough space on {run.dest}: {_human(need)} to fetch, {_human(free)} free.",

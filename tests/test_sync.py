@@ -1,0 +1,360 @@
+"""`gcpdl sync --local` end to end: the real CLI, engine, google-cloud-storage listing and our
+asyncio data path over real HTTP against the GCS stand-in (tests/fakes/gcs_server.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from gcpdl.cli.app import cli
+
+
+def run_sync(*args: str):
+    result = CliRunner().invoke(cli, ["sync", *args, "--local", "--retry-base", "0.005"])
+    return result
+
+
+def sync_json(*args: str) -> dict:
+    result = run_sync(*args, "--json")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        if Path(dirpath) == root and ".gcpdl" in dirs:
+            dirs.remove(".gcpdl")
+        for f in files:
+            p = Path(dirpath, f)
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+def media(gcs) -> int:
+    return gcs.counters().get("kind:media", 0)
+
+
+def test_sync_copies_byte_identical_and_resync_costs_no_downloads(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    names = gcs.generate("dset", "train/", count=1500, size=3000, seed=3)
+    gcs.put_many("dset", {"train/sub/deep/x.bin": b"deep", "train/empty": b"", "other/skip": b"no"})
+    dest = tmp_path / "out"
+    s = sync_json("gs://dset/train", str(dest))
+    assert (s["files"], s["skipped"], s["failed"], s["listed"]) == (1502, 0, 0, 1502)
+    assert s["bytes"] == 1500 * 3000 + 4
+    for key in ("files", "bytes", "seconds", "files_per_s", "mb_per_s", "skipped", "failed"):
+        assert key in s
+    got = tree(dest)
+    assert set(got) == {n[len("train/"):] for n in names} | {"sub/deep/x.bin", "empty"}
+    for n in names[:: 97]:
+        assert got[n[len("train/"):]] == gcs.object_bytes("dset", n)
+    assert got["empty"] == b""
+    assert os.listdir(dest / ".gcpdl" / "parts") == []
+
+    before = media(gcs)
+    s2 = sync_json("gs://dset/train", str(dest))
+    assert (s2["files"], s2["skipped"], s2["failed"]) == (0, 1502, 0)
+    assert media(gcs) == before  # a listing plus a stat: not one download
+
+
+def test_changed_and_new_objects_only_are_fetched(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {f"d/{i}": bytes([i]) * 100 for i in range(20)})
+    dest = tmp_path / "out"
+    sync_json("gs://dset/d", str(dest))
+    gcs.put("dset", "d/3", b"new content")
+    gcs.put("dset", "d/new", b"brand new")
+    before = media(gcs)
+    s = sync_json("gs://dset/d", str(dest))
+    assert (s["files"], s["skipped"]) == (2, 19)
+    assert media(gcs) - before == 2
+    assert (dest / "3").read_bytes() == b"new content" and (dest / "new").read_bytes() == b"brand new"
+
+
+def test_local_edit_is_detected_and_repaired(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/a": b"a" * 50, "d/b": b"b" * 50})
+    dest = tmp_path / "out"
+    sync_json("gs://dset/d", str(dest))
+    (dest / "a").write_bytes(b"x" * 50)  # same size, different bytes, newer mtime
+    (dest / "b").unlink()
+    s = sync_json("gs://dset/d", str(dest))
+    assert s["files"] == 2
+    assert tree(dest) == {"a": b"a" * 50, "b": b"b" * 50}
+
+
+def test_lost_state_is_rebuilt_from_crc32c_without_downloading(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.generate("dset", "d/", count=50, size=2000, seed=1)
+    dest = tmp_path / "out"
+    sync_json("gs://dset/d", str(dest))
+    (dest / ".gcpdl" / "state.sqlite").unlink()
+    for extra in ("-wal", "-shm"):
+        (dest / ".gcpdl" / f"state.sqlite{extra}").unlink(missing_ok=True)
+    before = media(gcs)
+    s = sync_json("gs://dset/d", str(dest))
+    assert (s["files"], s["skipped"]) == (0, 50)
+    assert media(gcs) == before
+
+
+def test_large_object_in_parallel_slices_verified(gcs, tmp_path):
+    gcs.create_bucket("big", public=True)
+    (name,) = gcs.generate("big", "shards/", count=1, size=9 * 1024 * 1024 + 123, seed=5)
+    dest = tmp_path / "out"
+    s = sync_json("gs://big/shards", str(dest), "--slice-size", str(1 << 20))
+    assert s["files"] == 1
+    assert s["requests"] == 10  # 9 full MiB slices and one of 123 bytes
+    assert (dest / name.split("/")[-1]).read_bytes() == gcs.object_bytes("big", name)
+
+
+def test_retries_throttling_and_resets(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    names = gcs.generate("dset", "d/", count=40, size=5000, seed=2)
+    gcs.faults(fail_status=503, fail_count=6, fail_kinds=["media"])
+    dest = tmp_path / "out"
+    s = sync_json("gs://dset/d", str(dest))
+    assert (s["files"], s["failed"]) == (40, 0) and s["retries"] >= 6
+    gcs.faults(fail_status=429, fail_count=3, fail_kinds=["media"], reset_mid_body=3)
+    s = sync_json("gs://dset/d2", str(tmp_path / "out2"))  # empty prefix: nothing to do
+    assert s["files"] == 0
+    for p in dest.iterdir():
+        if p.is_file():
+            p.unlink()
+    s = sync_json("gs://dset/d", str(dest))
+    assert (s["files"], s["failed"]) == (40, 0) and s["retries"] >= 6
+    assert gcs.counters()["resets"] == 3
+    assert tree(dest)[names[7][2:]] == gcs.object_bytes("dset", names[7])
+
+
+def test_corrupted_bytes_are_fetched_again(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/a": b"a" * 1000, "d/b": b"b" * 1000})
+    gcs.faults(corrupt=1, corrupt_match="d/a")
+    s = sync_json("gs://dset/d", str(tmp_path / "out"))
+    assert (s["files"], s["failed"]) == (2, 0)
+    assert (tmp_path / "out" / "a").read_bytes() == b"a" * 1000
+    assert gcs.counters()["corrupted"] == 1
+
+
+def test_persistent_corruption_fails_that_object_loudly(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/good": b"g" * 10, "d/bad": b"b" * 10})
+    gcs.faults(corrupt=10, corrupt_match="d/bad")
+    dest = tmp_path / "out"
+    r = run_sync("gs://dset/d", str(dest), "--json")
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: 1 object(s) failed: d/bad (CRC32C mismatch twice: the downloaded bytes do not match the"
+        " bucket's checksum). Re-run to retry them."
+    )
+    summary = json.loads(r.stdout)
+    assert summary["failed"] == 1 and summary["failures"][0]["name"] == "d/bad"
+    assert tree(dest) == {"good": b"g" * 10}  # nothing half-written, no part file
+    assert os.listdir(dest / ".gcpdl" / "parts") == []
+
+
+def test_unsafe_names_placeholders_and_collisions(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many(
+        "dset",
+        {
+            "d/ok": b"ok",
+            "d/../../escape": b"evil",
+            "d/a/../../../x": b"evil",
+            "d//abs": b"evil",
+            "d/folder/": b"",
+            "d/f": b"file",
+            "d/f/inside": b"collides",
+            "d/.gcpdl/state.sqlite": b"evil",
+        },
+    )
+    dest = tmp_path / "deep" / "out"
+    r = run_sync("gs://dset/d", str(dest), "--json")
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["unsafe"], s["placeholders"], s["collisions"], s["files"]) == (4, 1, 1, 2)
+    assert "Warning: Skipping object 'd/../../escape': its name has a '..' path component." in r.stderr
+    assert "Warning: Skipping 'd/f/inside': a file is in the way of its folder (file 'f')." in r.stderr
+    assert tree(dest) == {"ok": b"ok", "f": b"file"}
+    assert sorted(os.listdir(tmp_path)) == ["deep", "home"] and not (tmp_path / "escape").exists()
+    assert not (tmp_path / "deep" / "escape").exists()
+
+
+def test_delete_mirrors_inside_dest_only(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/keep": b"k", "d/sub/keep2": b"k2"})
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "stale").write_bytes(b"s")
+    (dest / "olddir").mkdir()
+    (dest / "olddir" / "stale2").write_bytes(b"s")
+    (dest / "notes.txt").write_bytes(b"excluded, so protected")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"never touched")
+    (dest / "link").symlink_to(outside)
+
+    r = run_sync("gs://dset/d", str(dest), "--delete", "--dry-run", "--exclude", "*.txt")
+    assert r.exit_code == 0, r.stderr
+    assert "would delete stale" in r.stdout and "would delete olddir/stale2" in r.stdout
+    assert (dest / "stale").exists() and not (dest / ".gcpdl").exists()
+
+    s = sync_json("gs://dset/d", str(dest), "--delete", "--exclude", "*.txt")
+    assert s["deleted"] == 3  # stale, olddir/stale2, link
+    assert tree(dest) == {"keep": b"k", "sub/keep2": b"k2", "notes.txt": b"excluded, so protected"}
+    assert not (dest / "olddir").exists()
+    assert outside.read_bytes() == b"never touched"
+    assert (dest / ".gcpdl" / "state.sqlite").exists()
+
+
+def test_dry_run_changes_nothing(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/a": b"aa", "d/b": b"bbb"})
+    dest = tmp_path / "out"
+    r = run_sync("gs://dset/d", str(dest), "--dry-run", "--json")
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["files"], s["bytes"], s["dry_run"]) == (2, 5, True)
+    assert not dest.exists()
+    assert media(gcs) == 0
+
+
+def test_include_exclude(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/a.jpg": b"1", "d/x/b.jpg": b"2", "d/c.txt": b"3", "d/tmp/d.jpg": b"4"})
+    s = sync_json("gs://dset/d", str(tmp_path / "o"), "--include", "*.jpg", "--exclude", "tmp/*")
+    assert (s["files"], s["filtered"]) == (2, 2)
+    assert tree(tmp_path / "o") == {"a.jpg": b"1", "x/b.jpg": b"2"}
+
+
+# --- errors a user can cause: one line, non-zero, nothing left behind ---------------------------
+def _assert_error(r, code: int, line: str, dest: Path | None = None):
+    assert r.exit_code == code, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [line] or r.stderr.strip().splitlines()[-1] == line, r.stderr
+    assert "Traceback" not in r.stderr
+    if dest is not None:
+        assert not dest.exists()
+
+
+def test_malformed_url(tmp_path):
+    r = run_sync("http://x/y", str(tmp_path / "o"))
+    _assert_error(r, 2, "Error: 'http://x/y' is not a gs:// URL. Use gs://BUCKET or gs://BUCKET/PREFIX.", tmp_path / "o")
+
+
+def test_bucket_not_found(gcs, tmp_path):
+    r = run_sync("gs://nope-nope/x", str(tmp_path / "o"))
+    _assert_error(r, 1, "Error: Bucket gs://nope-nope does not exist (or is not visible to anonymous).", tmp_path / "o")
+
+
+def test_private_bucket_anonymously(gcs, tmp_path):
+    gcs.create_bucket("private")
+    gcs.put("private", "d/a", b"a")
+    r = run_sync("gs://private/d", str(tmp_path / "o"))
+    _assert_error(
+        r, 1,
+        "Error: Anonymous access to gs://private is denied; it is not a public bucket. Run: gcloud auth application-default login",
+        tmp_path / "o",
+    )
+
+
+def test_requester_pays_needs_billing_project(gcs, tmp_path):
+    gcs.create_bucket("rpay", public=True, requester_pays=True)
+    gcs.put("rpay", "d/a", b"a")
+    r = run_sync("gs://rpay/d", str(tmp_path / "o"))
+    _assert_error(r, 2, "Error: gs://rpay is a requester-pays bucket. Pass --billing-project PROJECT_ID to pay for the reads.", tmp_path / "o")
+    s = sync_json("gs://rpay/d", str(tmp_path / "o"), "--billing-project", "my-proj")
+    assert s["files"] == 1
+
+
+def test_not_enough_space_refuses_before_fetching(gcs, tmp_path):
+    from gcpdl.clients import ClientFactory
+    from gcpdl.errors import SyncError
+    from gcpdl.settings import resolve
+    from gcpdl.sync.engine import SyncOptions, run_sync as engine_sync
+    from gcpdl.sync.url import parse_gs_url
+
+    gcs.create_bucket("huge", public=True)
+    gcs.generate("huge", "d/", count=3, size=2_000_000, seed=1)
+    dest = tmp_path / "o"
+    opts = SyncOptions(source=parse_gs_url("gs://huge/d"), dest=dest, disk_free=lambda path: 5_000_000)
+    with pytest.raises(SyncError) as e:
+        engine_sync(opts, ClientFactory(resolve()))
+    assert e.value.message == f"Not enough space on {dest}: 6.0 MB to fetch, 5.0 MB free."
+    assert e.value.fix == "Free some space, pick a bigger disk, or narrow the sync with --include/--exclude."
+    assert media(gcs) == 0 and not dest.exists()
+
+
+def test_dest_is_a_file(tmp_path, gcs):
+    gcs.create_bucket("dset", public=True)
+    (tmp_path / "f").write_bytes(b"x")
+    r = run_sync("gs://dset/d", str(tmp_path / "f"))
+    _assert_error(r, 2, f"Error: DEST {tmp_path / 'f'} exists and is not a folder.")
+
+
+def test_dest_not_writable(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put("dset", "d/a", b"a")
+    r = run_sync("gs://dset/d", "/proc/gcpdl-cannot-write")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("Error: Cannot write to /proc/gcpdl-cannot-write: ")
+
+
+def test_on_vm_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(cli, ["sync", "gs://dset/d", str(tmp_path / "o"), "--on", "box"])
+    _assert_error(r, 2, "Error: --on box is not available in this version. Pass --local to sync onto this machine.", tmp_path / "o")
+
+
+def test_bad_jobs(tmp_path):
+    r = run_sync("gs://dset/d", str(tmp_path / "o"), "--jobs", "0")
+    _assert_error(r, 2, "Error: --jobs must be between 1 and 4096 (got 0).", tmp_path / "o")
+
+
+# --- identities: the engine with injected credentials over a "real" endpoint ---------------------
+def test_access_denied_names_identity_and_role(gcs, tmp_path, monkeypatch):
+    from google.oauth2.credentials import Credentials
+
+    from gcpdl.clients import ClientFactory
+    from gcpdl.errors import PermissionDenied
+    from gcpdl.settings import resolve
+    from gcpdl.sync.engine import SyncOptions, run_sync as engine_sync
+    from gcpdl.sync.url import parse_gs_url
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    monkeypatch.setenv("GCPDL_STORAGE_ENDPOINT", gcs.url)  # e.g. Private Service Connect
+    gcs.create_bucket("team", readers=["alice@example.com"])
+    gcs.put("team", "d/a", b"for alice")
+
+    def factory(who: str) -> ClientFactory:
+        creds = Credentials(token=who)
+        creds.service_account_email = who  # as a service account's credentials name themselves
+        return ClientFactory(resolve(), credentials=creds)
+
+    opts = SyncOptions(source=parse_gs_url("gs://team/d"), dest=tmp_path / "o")
+    with pytest.raises(PermissionDenied) as e:
+        engine_sync(opts, factory("bob@example.com"))
+    assert e.value.message == "Access denied to gs://team for bob@example.com."
+    assert e.value.fix == (
+        "Grant it roles/storage.objectViewer: gcloud storage buckets add-iam-policy-binding gs://team"
+        " --member=... --role=roles/storage.objectViewer"
+    )
+    assert not (tmp_path / "o").exists()
+    s = engine_sync(opts, factory("alice@example.com"))
+    assert s.files == 1 and (tmp_path / "o" / "a").read_bytes() == b"for alice"
+
+
+# --- another implementation: gcp-storage-emulator ------------------------------------------------
+def test_against_gcp_storage_emulator(gcs_emu, tmp_path):
+    gcs_emu.create_bucket("emul")
+    data = {f"set/{i:03d}.bin": os.urandom(1000 + i) for i in range(60)}
+    data["set/big.bin"] = os.urandom(3 * 1024 * 1024 + 7)
+    gcs_emu.put_many("emul", data)
+    dest = tmp_path / "o"
+    s = sync_json("gs://emul/set", str(dest), "--slice-size", str(1 << 20))
+    assert (s["files"], s["failed"]) == (61, 0)
+    assert tree(dest) == {k[len("set/"):]: v for k, v in data.items()}
+    s = sync_json("gs://emul/set", str(dest))
+    assert (s["files"], s["skipped"]) == (0, 61)
