@@ -81,3 +81,16 @@ def test_system_ssh_refuses_a_wrong_host_key(isolated_env: Path, sshd):
     r = _ssh(isolated_env, "box", "true")
     assert r.returncode == 255
     assert "HOST IDENTIFICATION HAS CHANGED" in r.stderr or "Host key verification failed" in r.stderr
+
+
+def test_refresh_vm_pins_guest_keys_so_plain_ssh_works_at_once(ssh_vm, isolated_env: Path):
+    from gcpdl.clients import ClientFactory
+    from gcpdl.settings import resolve
+
+    ssh_vm.gcp.add_instance("cold", zone=ssh_vm.zone, status="TERMINATED")
+    factory = ClientFactory(resolve())
+    assert sshconfig.refresh_vm(factory, "cold") is False and not sshconfig.has_host("cold")
+    assert sshconfig.refresh_vm(factory, "box") is True
+    # no gcpdl connection happened: the keys come from the guest attributes
+    r = _ssh(isolated_env, "box", "echo", "pinned")
+    assert (r.returncode, r.stdout) == (0, "pinned\n"), r.stderr

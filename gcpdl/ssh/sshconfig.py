@@ -5,8 +5,9 @@ gcpdl owns one file (~/.ssh/gcpdl_config) with one Host block per VM, so `ssh bo
 ~/.ssh/config is touched once: an Include line is added at the top (an Include placed after a
 Host block would only apply inside that block). Their lines are never rewritten.
 
-`up`, `start` and `status` call ``refresh_host`` (the ephemeral IP changes on stop/start);
-`down` calls ``remove_host``.
+`up`, `start` and `status` call ``refresh_vm`` (one lean REST read: IP, instance id and the
+host keys from guest attributes) or, with data already in hand, ``refresh_host``; the ephemeral
+IP changes on stop/start. `down` calls ``remove_host``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 from gcpdl.errors import InvalidInput
-from gcpdl.ssh.hostkeys import host_alias, known_hosts_path
-from gcpdl.ssh.target import validate_name
+from gcpdl.ssh.hostkeys import HostKey, host_alias, known_hosts_path, store
+from gcpdl.ssh.target import resolve_target, validate_name
 
 MANAGED_NAME = "gcpdl_config"
 HEADER = (
@@ -138,15 +140,21 @@ def refresh_host(
     port: int = 22,
     identity_file: Path | None = None,
     known_hosts: Path | None = None,
+    host_keys: Iterable[HostKey] = (),
 ) -> Path:
     """Write (or replace) the Host block for VM ``name`` and make sure ~/.ssh/config includes
-    the managed file. Returns the managed file's path."""
+    the managed file. ``host_keys`` (from the VM's guest attributes) are pinned for the
+    instance, so `ssh NAME` verifies the host even before gcpdl itself has connected; without
+    them the keys are pinned on gcpdl's first connection. Returns the managed file's path."""
     validate_name(name)
     try:
         ipaddress.ip_address(ip)
     except ValueError:
         raise InvalidInput(f"'{ip}' is not an IP address.") from None
     entry = HostEntry(name, ip, str(instance_id), user, int(port), identity_file, known_hosts)
+    keys = list(host_keys)
+    if keys:
+        store(host_alias(instance_id), keys, known_hosts)
     path = managed_path()
     try:
         blocks = _parse_blocks(path.read_text())
@@ -159,6 +167,16 @@ def refresh_host(
     _write_managed(replaced)
     ensure_include()
     return path
+
+
+def refresh_vm(factory: Any, name: str, zone: str | None = None) -> bool:
+    """Look VM ``name`` up and refresh its block and pinned host keys. False (nothing changed)
+    when it is not running: a stopped VM has no address, and its old one may be reused."""
+    target = resolve_target(factory, name, zone, require_running=False)
+    if target.status != "RUNNING" or not target.host:
+        return False
+    refresh_host(name, target.host, target.instance_id, user=target.user, port=target.port, host_keys=target.guest_keys)
+    return True
 
 
 def remove_host(name: str) -> bool:
