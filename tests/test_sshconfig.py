@@ -71,6 +71,12 @@ def test_system_ssh_logs_in_through_the_include(isolated_env: Path, sshd):
     sshconfig.refresh_host("box", "127.0.0.1", 555, user=sshd.user, port=sshd.port)
     r = _ssh(isolated_env, "box", "echo", "hello-from-box")
     assert (r.returncode, r.stdout) == (0, "hello-from-box\n"), r.stderr
+    # scp (and so rsync -e ssh, VS Code Remote-SSH) read the same config
+    src, dst = isolated_env / "notes.txt", isolated_env / "copied.txt"
+    src.write_text("over scp\n")
+    r = subprocess.run(["scp", "-F", str(isolated_env / ".ssh" / "config"), "-o", "BatchMode=yes", "-q", str(src), f"box:{dst}"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and dst.read_text() == "over scp\n", r.stderr
 
 
 def test_system_ssh_refuses_a_wrong_host_key(isolated_env: Path, sshd):
