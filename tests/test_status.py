@@ -86,3 +86,27 @@ def test_status_never_imports_compute_v1(three):
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stderr
     assert len(json.loads(out.stdout)) == 3
+
+
+def test_unreachable_endpoint_is_one_line(gcp, monkeypatch):
+    from tests.fixtures.ports import free_port
+
+    monkeypatch.setenv("GCPDL_COMPUTE_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    result = run("status")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: Cannot reach Compute Engine at http://127.0.0.1:")
+    assert result.stderr.endswith("(ConnectionError). Check your network, or GCPDL_COMPUTE_ENDPOINT if you set one.\n")
+
+
+def test_token_endpoint_refusing_the_key_is_a_credentials_error(gcp, monkeypatch, tmp_path):
+    key = json.loads(gcp.key_file.read_text())
+    key["client_email"] = "someone-else@test-project.iam.gserviceaccount.com"
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(key))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
+    result = run("status")
+    assert result.exit_code == 1
+    line = result.stderr.strip()
+    assert line.startswith("Error: Could not get an access token: ")
+    assert line.endswith("Run: gcloud auth application-default login")
+    assert "\n" not in line

@@ -29,6 +29,7 @@ from gcpdl.deadline import Deadline, backoff
 from gcpdl.errors import CredentialsError, DeadlineExceeded, GcpdlError, OperationFailed
 
 MAX_ATTEMPTS = 6  # per request; backoff 0.5, 1, 2, 4, 8 s (capped by the deadline)
+CONNECT_ATTEMPTS = 3  # a refused connection is rarely transient: say so within ~1.5 s
 READ_TIMEOUT = 30.0  # seconds for one HTTP exchange
 
 # kind -> (client class, method, resource keyword, resource message type, name keyword)
@@ -139,14 +140,8 @@ class Compute:
                     method, self.url(path), params=params, json=body,
                     timeout=max(1.0, min(READ_TIMEOUT, deadline.remaining())),
                 )
-            except gexc.RefreshError as e:
-                raise CredentialsError(f"Could not get an access token: {str(e).splitlines()[0][:200]}", fix="Run: gcloud auth application-default login") from None
-            except gexc.DefaultCredentialsError as e:
-                raise CredentialsError(f"No Google credentials found ({str(e).splitlines()[0][:160]}).", fix="Run: gcloud auth application-default login") from None
-            except requests.RequestException as e:
-                if attempt + 1 >= MAX_ATTEMPTS:
-                    raise GcpdlError(f"Cannot reach Compute Engine at {self.factory.compute_endpoint}: {type(e).__name__}.") from None
-                deadline.pause(backoff(attempt))
+            except (requests.RequestException, gexc.GoogleAuthError) as e:
+                self._transport_failure(e, attempt, deadline)
                 attempt += 1
                 continue
             if resp.status_code < 400:
@@ -174,8 +169,6 @@ class Compute:
 
     def execute(self, call: ApiCall, deadline: Deadline) -> dict[str, Any]:
         """Send one ApiCall; return the operation as REST JSON (not yet waited for)."""
-        from google.api_core import exceptions as gapi
-        from google.auth import exceptions as gexc
         from google.protobuf import json_format
 
         from gcpdl.clients import compute_types
@@ -195,31 +188,55 @@ class Compute:
         request_cls = _request_type(compute_v1, client_name, method_name)
         request = request_cls(**kwargs)
         method = getattr(client, method_name)
+        op = self._library_call(
+            lambda timeout: method(request=request, retry=None, timeout=timeout), deadline, _what(call)
+        )
+        return json_format.MessageToDict(compute_v1.Operation.pb(op))
+
+    def _library_call(self, fn: Callable[[float], Any], deadline: Deadline, what: str) -> Any:
+        """One compute_v1 call with gcpdl's retries (429/5xx/connection) under ``deadline``.
+        Mutations are safe to repeat: each carries one requestId across its attempts."""
+        import requests
+        from google.api_core import exceptions as gapi
+        from google.auth import exceptions as gexc
+
         attempt = 0
         while True:
             deadline.check()
             with self._lock:
                 self.calls += 1
             try:
-                op = method(request=request, retry=None, timeout=max(1.0, min(READ_TIMEOUT, deadline.remaining())))
-                return json_format.MessageToDict(compute_v1.Operation.pb(op))
+                return fn(max(1.0, min(READ_TIMEOUT, deadline.remaining())))
             except gapi.GoogleAPICallError as e:
                 err = cerrors.from_exception(e)
                 if err.retryable and attempt + 1 < MAX_ATTEMPTS:
                     deadline.pause(backoff(attempt))
                     attempt += 1
                     continue
-                raise cerrors.to_gcpdl(err, call.project, _what(call)) from None
-            except gexc.RefreshError as e:
-                raise CredentialsError(f"Could not get an access token: {str(e).splitlines()[0][:200]}", fix="Run: gcloud auth application-default login") from None
-            except Exception as e:  # connection errors surface from requests inside the transport
-                import requests
+                raise cerrors.to_gcpdl(err, self.project, what) from None
+            except (requests.RequestException, gexc.GoogleAuthError) as e:
+                self._transport_failure(e, attempt, deadline)
+                attempt += 1
 
-                if isinstance(e, requests.RequestException) and attempt + 1 < MAX_ATTEMPTS:
-                    deadline.pause(backoff(attempt))
-                    attempt += 1
-                    continue
-                raise
+    def _transport_failure(self, e: BaseException, attempt: int, deadline: Deadline) -> None:
+        """Pause before another attempt, or raise the GcpdlError that explains the failure."""
+        import requests
+        from google.auth import exceptions as gexc
+
+        fix = "Run: gcloud auth application-default login"
+        if isinstance(e, gexc.DefaultCredentialsError):
+            raise CredentialsError(f"No Google credentials found ({str(e).splitlines()[0][:160]}).", fix=fix) from None
+        if isinstance(e, gexc.RefreshError):
+            raise CredentialsError(f"Could not get an access token: {str(e).splitlines()[0][:200]}", fix=fix) from None
+        if attempt + 1 < CONNECT_ATTEMPTS:
+            deadline.pause(backoff(attempt))
+            return
+        if isinstance(e, requests.RequestException):
+            raise GcpdlError(
+                f"Cannot reach Compute Engine at {self.factory.compute_endpoint} ({type(e).__name__}).",
+                fix="Check your network, or GCPDL_COMPUTE_ENDPOINT if you set one.",
+            ) from None
+        raise CredentialsError(f"Could not get an access token ({type(e).__name__}: {str(e).splitlines()[0][:160]}).", fix=fix) from None
 
     def wait(self, op: dict[str, Any], deadline: Deadline, what: str = "") -> dict[str, Any]:
         """Wait for an operation with the operations client's server-side ``wait``, re-asking at
@@ -228,7 +245,6 @@ class Compute:
         ExtendedOperation.result() is not used: its poller ignores our endpoint, and it returns
         silently on an error without httpErrorStatusCode.
         """
-        from google.api_core import exceptions as gapi
         from google.protobuf import json_format
 
         from gcpdl.clients import compute_types
@@ -243,24 +259,17 @@ class Compute:
             client, scope = self.factory.compute("RegionOperationsClient"), {"region": region}
         else:
             client, scope = self.factory.compute("GlobalOperationsClient"), {}
-        attempt = 0
         while op.get("status") != "DONE":
-            deadline.pause(0 if attempt == 0 and not op.get("_polled") else self.poll_interval)
-            with self._lock:
-                self.calls += 1
-            try:
-                res = client.wait(project=self.project, operation=op["name"], retry=None,
-                                  timeout=max(1.0, min(READ_TIMEOUT, deadline.remaining())), **scope)
-                op = json_format.MessageToDict(compute_v1.Operation.pb(res))
-                op["_polled"] = True
-                attempt = 0
-            except gapi.GoogleAPICallError as e:
-                err = cerrors.from_exception(e)
-                if err.retryable and attempt + 1 < MAX_ATTEMPTS:
-                    deadline.pause(backoff(attempt))
-                    attempt += 1
-                    continue
-                raise cerrors.to_gcpdl(err, self.project, what) from None
+            # the server-side wait returns when the operation is done (or after ~2 min): ask again
+            # at once the first time, then every poll_interval
+            deadline.pause(self.poll_interval if op.get("_polled") else 0)
+            name = op["name"]
+            res = self._library_call(
+                lambda timeout: client.wait(project=self.project, operation=name, retry=None, timeout=timeout, **scope),
+                deadline, what,
+            )
+            op = json_format.MessageToDict(compute_v1.Operation.pb(res))
+            op["_polled"] = True
         op.pop("_polled", None)
         if op.get("error", {}).get("errors"):
             raise operation_error(op, self.project, what)
