@@ -30,7 +30,11 @@ from gcpdl.errors import GcpdlError, HostKeyMismatch, InvalidInput, NotFound, Ss
 if TYPE_CHECKING:  # pragma: no cover
     import paramiko
 
-BUFFER = 65536
+BUFFER = 65536  # one recv() from a local socket
+# One recv() from a channel takes everything buffered: paramiko's BufferedPipe deletes what is
+# read from the front of an array, so 64 KiB reads of a multi-MiB backlog copy the backlog
+# again for every read (quadratic); reading it whole is one copy.
+CHANNEL_READ = 16 * 1024 * 1024
 KEEPALIVE = 15.0  # seconds between liveness probes
 PROBE_TIMEOUT = 10.0  # no answer to a probe within this: the link is dead
 RECONNECT_WINDOW = 600.0  # give up after this long without a connection
@@ -317,10 +321,10 @@ class Tunnel:
                 _close_socket(sock)
                 self._forget(sock)
 
-        def pump(recv: Callable[[int], bytes], send: Callable[[bytes], None]) -> None:
+        def pump(recv: Callable[[int], bytes], send: Callable[[bytes], None], size: int) -> None:
             try:
                 while True:
-                    data = recv(BUFFER)
+                    data = recv(size)
                     if not data:
                         break
                     send(data)
@@ -329,9 +333,9 @@ class Tunnel:
             finally:
                 close_both()
 
-        up = threading.Thread(target=pump, args=(sock.recv, chan.sendall), daemon=True, name="gcpdl-tunnel-up")
+        up = threading.Thread(target=pump, args=(sock.recv, chan.sendall, BUFFER), daemon=True, name="gcpdl-tunnel-up")
         up.start()
-        pump(chan.recv, sock.sendall)
+        pump(chan.recv, sock.sendall, CHANNEL_READ)
         up.join()
 
     def _forget(self, sock: socket.socket) -> None:
