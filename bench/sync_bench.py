@@ -3,6 +3,11 @@ and the server's own ceiling, on the same data, in the same run.
 
     .venv/bin/python bench/sync_bench.py --quick        # minutes; for development
     .venv/bin/python bench/sync_bench.py                # the issue's sizes (heavy: run once)
+    .venv/bin/python bench/sync_bench.py --server emulator   # (a) on gcp-storage-emulator, 2,000 x 50 KB
+    options: --only cap,a,b,c,d  --peers ceiling,gcpdl,rclone,tm,gsutil  --latency 0.02
+
+gsutil needs its own venv: python3 -m venv bench/out/gsutil-venv && bench/out/gsutil-venv/bin/pip install gsutil
+(skipped with a note when absent). uvloop, when installed, speeds up the stand-in and the ceiling client.
 
 Set-up (issue 4): the GCS stand-in (tests/fakes/gcs_server.py) in its own process with 20 ms of
 injected latency per request on loopback. Workloads: (a) 20,000 x 64 KB, (b) 4 x 512 MB,
@@ -354,6 +359,39 @@ def report(results: list[Result], scale: Scale, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def emulator_run(args, log) -> None:
+    """Workload (a) against gcp-storage-emulator instead of the stand-in: the set-up of the issue's
+    reference figures (2,000 x 50 KB; rclone 702 files/s, transfer_manager 220-330, gsutil 43).
+    No injected latency and no ceiling: the emulator is HTTP/1.0 and single-threaded, so it is the
+    bottleneck for everyone."""
+    from tests.fakes.gcs_emulator import GcsEmulator
+
+    count, size = (2_000, 50_000) if args.quick or args.emulator_count is None else (args.emulator_count, 50_000)
+    base = fresh(OUT / "emulator")
+    emu = GcsEmulator(base / "data", log_path=base / "emulator.log")
+    emu.start()
+    socat = None
+    try:
+        emu.create_bucket(BUCKET)
+        names = emu.generate(BUCKET, "small/", count, size, seed=1)
+        log(f"emulator seeded: {count} x {size} bytes")
+        bench = Bench(emu, Scale(small=(count, size)), args.work, set(args.peers.split(",")) - {"ceiling"}, log)  # type: ignore[arg-type]
+        if "gsutil" in bench.peers:
+            g = setup_gsutil(emu, log)  # type: ignore[arg-type]
+            if g:
+                bench.gsutil, socat = (g[0], g[1]), g[2]
+        bench.transfer("small", names, size)
+        text = report(bench.results, bench.scale, {"server": "gcp-storage-emulator", "cpus": os.cpu_count(),
+                                                   "load1": f"{os.getloadavg()[0]:.2f}"})
+        print(text)
+        (OUT / f"sync_bench-emulator-{time.strftime('%Y%m%d-%H%M%S')}.txt").write_text(text + "\n")
+    finally:
+        if socat is not None:
+            socat.terminate()
+            socat.wait()
+        emu.close()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="gcpdl sync benchmark (issue 4)")
     ap.add_argument("--quick", action="store_true", help="small sizes: 2,000 x 64 KB, 2 x 64 MB, 10,000 no-op, 20,000 RSS")
@@ -361,6 +399,9 @@ def main(argv=None) -> None:
     ap.add_argument("--only", default="cap,a,b,c,d", help="workloads to run, e.g. a,c (cap: the server's capacity without latency)")
     ap.add_argument("--peers", default="ceiling,gcpdl,rclone,tm,gsutil", help="tools to run")
     ap.add_argument("--work", type=Path, default=OUT / "work", help="where downloads land (removed after each workload)")
+    ap.add_argument("--server", choices=["standin", "emulator"], default="standin",
+                    help="emulator: workload (a) on gcp-storage-emulator, like the issue's reference figures")
+    ap.add_argument("--emulator-count", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     scale = QUICK if args.quick else Scale()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -370,6 +411,10 @@ def main(argv=None) -> None:
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
+
+    if args.server == "emulator":
+        emulator_run(args, log)
+        return
 
     server = start_standin(latency=args.latency, log_path=OUT / "server.log")
     socat = None
