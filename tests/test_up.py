@@ -189,7 +189,9 @@ def test_stockout_everywhere_leaves_nothing_behind(env, monkeypatch):
     assert GPUS["t4"].accelerator == "nvidia-tesla-t4"
 
 
-def test_gpus_all_regions_quota_stops_at_once(env):
+@pytest.mark.parametrize("mode", ["auto", "operation"])  # a synchronous 403, or the operation's error
+def test_gpus_all_regions_quota_stops_at_once(env, mode):
+    env.quota_error_mode = mode
     env.set_quota("GPUS_ALL_REGIONS", 0)
     result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
     assert result.exit_code == 1
@@ -201,7 +203,9 @@ def test_gpus_all_regions_quota_stops_at_once(env):
     assert env.instances() == [] and env.disks() == [] and env.firewalls() == []
 
 
-def test_regional_quota_skips_the_region(env):
+@pytest.mark.parametrize("mode", ["auto", "sync"])
+def test_regional_quota_skips_the_region(env, mode):
+    env.quota_error_mode = mode
     env.set_quota("NVIDIA_T4_GPUS", 0, region="us-central1")
     env.omit_http_error_status = True  # the operation error still surfaces without it
     result = run("up", "box", "--gpu", "t4", "--yes", "--json")

@@ -124,6 +124,15 @@ def _render_plan(plan: dict) -> str:
     lines = [
         f"Plan for {plan['name']} in {plan['zone']} (project {plan['project']}), nothing created:",
         f"  machine   {plan['machine_type']}{gpu_text}{', Spot' if plan['spot'] else ''}",
+        f"  image     {plan['image']}, boot disk {plan['boot_disk']}",
+    ]
+    if plan["data_disk"]:
+        lines.append(f"  data      {plan['data_disk']} (kept by `gcpdl down`)")
+    stops = [f"after {plan['autostop_minutes']} min idle" if plan["autostop_minutes"] else "autostop off"]
+    if plan["max_hours"]:
+        stops.append(f"after {plan['max_hours']:g} h running at most")
+    lines += [
+        f"  stops     {', '.join(stops)}",
         f"  ssh       tcp:22 from {plan['ssh_from']} only (Jupyter through the SSH tunnel)",
         f"  price     ${plan['price_per_hour']:.2f}/h while running",
         "  requests:",
