@@ -48,3 +48,19 @@ def test_deadline_names_the_last_step(ssh_vm):
     with pytest.raises(DeadlineExceeded) as e:
         wait_ready(ClientFactory(resolve()), "box", ssh_vm.zone, _fake_deadline(1), lambda s: None)
     assert e.value.message == "VM box was not ready after 1s; last step: installing the NVIDIA driver."
+
+
+def test_ready_hook_fits_up(ssh_vm, jupyter_server):
+    from types import SimpleNamespace
+
+    from gcpdl.ssh.ready import ready_hook
+
+    ssh_vm.gcp.set_guest_attributes(ssh_vm.zone, "box", "gcpdl", {"stage": "ready"})
+    said: list[str] = []
+    step = ready_hook(ClientFactory(resolve()), said.append)
+    out = step(SimpleNamespace(name="box", zone=ssh_vm.zone), Deadline(60))
+    assert out == {
+        "name": "box", "host": "127.0.0.1", "instance_id": ssh_vm.instance_id,
+        "jupyter_port": jupyter_server.port, "ssh": "ssh box", "jupyter": "gcpdl jupyter box",
+    }
+    assert said == ["ready"]

@@ -95,3 +95,13 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
                 deadline.pause(min(poll, deadline.remaining()))
     report("ready")
     return Ready(name, target.host or "", target.instance_id, server.port, name)
+
+
+def ready_hook(factory: Any, report: Report) -> Callable[[Any, Deadline], dict[str, Any]]:
+    """The ``ready`` step of gcpdl.compute.lifecycle.UpContext: (instance with .name and .zone,
+    deadline) -> what `up` prints about how to connect."""
+
+    def step(instance: Any, deadline: Deadline) -> dict[str, Any]:
+        return wait_ready(factory, instance.name, instance.zone, deadline, report).as_dict()
+
+    return step
