@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from tests.fakes import gcs_data
 from tests.fixtures.ports import free_port, wait_for_port

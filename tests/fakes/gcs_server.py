@@ -64,7 +64,6 @@ def parse_fields(spec: str | None) -> dict | None:
     Also accepts the path form 'items/name'. None means every field."""
     if not spec:
         return None
-    tree: dict = {}
     pos = 0
 
     def parse_list(end_char: str | None) -> dict:
@@ -93,8 +92,7 @@ def parse_fields(spec: str | None) -> dict | None:
                 return out
         return out
 
-    tree = parse_list(None)
-    return tree
+    return parse_list(None)
 
 
 def _want(tree: dict | None, key: str) -> bool:
