@@ -117,7 +117,7 @@ class GcsStandIn:
         reset_match: str | None = None,
         seed: int = 0,
     ) -> None:
-        """Replace the fault set (anything not given is off).
+        """Replace the fault set (anything not given is off; latency not given is the start-up one).
 
         latency: seconds before every response. fail_status (default 503) for the next fail_count
         requests, or a fail_fraction of them, limited to names matching the regex fail_match and to

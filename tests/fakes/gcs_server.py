@@ -722,6 +722,8 @@ class GcsServer:
             return self.json_resp({"ok": True}, "admin")
         bucket = self.buckets.get(q.get("bucket") or doc.get("bucket", ""))
         if op == "faults":
+            if doc.get("latency") is None:  # not given: the latency the server was started with
+                doc["latency"] = self.default_latency
             self.faults = Faults(**doc)
             return self.json_resp({"ok": True}, "admin")
         if op == "counters":
