@@ -134,3 +134,28 @@ def test_down_removes_the_ssh_config_entry(env):
     assert result.exit_code == 0, result.output
     assert "ssh config entry box" in json.loads(result.stdout)["deleted"]
     assert not has_host("box")
+
+
+def test_runlog_survives_a_concurrent_metadata_change(env):
+    """Our metadata read is stale (the agent wrote since): 412, re-read, retry, nothing lost."""
+    from gcpdl.clients import ClientFactory
+    from gcpdl.compute import lifecycle
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+    from gcpdl.settings import resolve
+
+    env.add_instance("box", labels={"gcpdl": "managed"},
+                     metadata={"enable-guest-attributes": "TRUE", "gcpdl-runlog": "start 100"})
+    factory = ClientFactory(resolve())
+    compute = Compute(factory, factory.project())
+    stale = lifecycle.require(compute, "box", Deadline(30))
+    with env._lock:  # someone else's setMetadata: new item, new fingerprint
+        md = env.instances_by_key[(ZONE, "box")]["metadata"]
+        md["items"].append({"key": "gcpdl-autostop", "value": "30"})
+        md["fingerprint"] = "changed=="
+    op = lifecycle._append_runlog(compute, stale, "stop", 200.0, Deadline(30))
+    compute.wait(op, Deadline(30))
+    items = {i["key"]: i["value"] for i in env.instance(ZONE, "box")["metadata"]["items"]}
+    assert items["gcpdl-runlog"] == "start 100\nstop 200"
+    assert items["gcpdl-autostop"] == "30"
+    assert len(env.calls("compute.instances.setMetadata")) == 2

@@ -378,6 +378,21 @@ def _runlog_call(compute: Compute, inst: Instance, event: str, now: float) -> Ap
     return rq.set_metadata(compute.project, inst.zone, inst.name, items, inst.metadata_fingerprint)
 
 
+def _append_runlog(compute: Compute, inst: Instance, event: str, now: float, deadline: Deadline) -> dict | None:
+    """Send the run-log line (not waited for). Metadata is written whole, guarded by its
+    fingerprint: if someone else (the autostop agent, `gcpdl autostop`) changed it since we read
+    it, read it again and retry once. The run log feeds cost estimates; it never blocks
+    start/stop, so a second failure only loses this line."""
+    for attempt in range(2):
+        try:
+            return compute.execute(_runlog_call(compute, inst, event, now), deadline)
+        except GcpdlError:
+            if attempt == 1:
+                return None
+            inst = get_instance(compute, inst.zone, inst.name, deadline)
+    return None
+
+
 def _start(compute: Compute, inst: Instance, deadline: Deadline, now: Callable[[], float]) -> Instance:
     inst = _wait_settled(compute, inst, deadline)
     if inst.status == "RUNNING":
@@ -385,14 +400,16 @@ def _start(compute: Compute, inst: Instance, deadline: Deadline, now: Callable[[
     compute.clients_for(["instances.setMetadata", "instances.start"])
     # The run log line goes in first (a stopped VM takes metadata), but we do not wait for it
     # before asking to start: both operations run side by side.
-    meta_op = compute.execute(_runlog_call(compute, inst, "start", now()), deadline)
+    meta_op = _append_runlog(compute, inst, "start", now(), deadline)
     start_op = compute.execute(rq.instance_start(compute.project, inst.zone, inst.name), deadline)
     compute.wait(start_op, deadline, f"Starting {inst.name}")
     _wait_quietly(compute, meta_op, deadline)
     return get_instance(compute, inst.zone, inst.name, deadline)
 
 
-def _wait_quietly(compute: Compute, op: dict, deadline: Deadline) -> None:
+def _wait_quietly(compute: Compute, op: dict | None, deadline: Deadline) -> None:
+    if op is None:
+        return
     try:
         compute.wait(op, deadline, "run log update")
     except GcpdlError:
@@ -415,7 +432,7 @@ def stop(compute: Compute, name: str, now: Callable[[], float] = time.time, prog
         return inst
     progress(f"Stopping {name} in {inst.zone}...")
     compute.clients_for(["instances.setMetadata", "instances.stop"])
-    meta_op = compute.execute(_runlog_call(compute, inst, "stop", now()), deadline)
+    meta_op = _append_runlog(compute, inst, "stop", now(), deadline)
     stop_op = compute.execute(rq.instance_stop(compute.project, inst.zone, inst.name), deadline)
     compute.wait(stop_op, deadline, f"Stopping {name}")
     _wait_quietly(compute, meta_op, deadline)
@@ -455,10 +472,7 @@ def down(
     deleted, kept = [f"instance {name}"], []
     if inst.status == "RUNNING":
         # last run-log line, for cost estimates until the VM is gone; not waited for
-        try:
-            compute.execute(_runlog_call(compute, inst, "stop", now()), deadline)
-        except GcpdlError:
-            pass
+        _append_runlog(compute, inst, "stop", now(), deadline)
     progress(f"Deleting {name} in {zone}...")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(_delete_rule, compute, name, deadline)
