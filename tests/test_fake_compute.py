@@ -547,3 +547,10 @@ def test_start_can_hand_out_a_new_external_address(gcp, factory):
     op = factory.compute("InstancesClient").start(project="test-project", zone=ZONE, instance="box")
     factory.compute("ZoneOperationsClient").wait(project="test-project", zone=ZONE, operation=op.name)
     assert gcp.instance(ZONE, "box")["networkInterfaces"][0]["accessConfigs"][0]["natIP"] == "127.0.0.2"
+
+
+def test_a_seeded_vm_with_an_unknown_machine_type_does_not_break_quota_reads(gcp, factory):
+    gcp.add_instance("odd", machine_type="custom-8-32768", gpu=None)
+    region = factory.compute("RegionsClient").get(project="test-project", region="us-central1")
+    assert next(q for q in region.quotas if q.metric == "CPUS").usage == 0.0
+    assert gcp.crashes == []

@@ -242,7 +242,7 @@ class InstancesMixin:
                 continue
             spot = inst.get("scheduling", {}).get("provisioningModel") == "SPOT"
             if metric == "CPUS":
-                total += cat.MACHINE_TYPES[inst["machineType"].rsplit("/", 1)[-1]][0]
+                total += cat.MACHINE_TYPES.get(inst["machineType"].rsplit("/", 1)[-1], (0, 0, None))[0]
                 continue
             for a in inst.get("guestAccelerators", []):
                 atype, count = a["acceleratorType"].rsplit("/", 1)[-1], a.get("acceleratorCount", 0)

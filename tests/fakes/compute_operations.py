@@ -13,6 +13,7 @@ from tests.fakes.compute_common import HTTP_REASONS, Ctx, OpError, OpFailure, Op
 
 
 class OperationsMixin:
+    # ---------------------------------------------------------------- operations
     def _new_op(self, project: str, scope: tuple[str, str | None], op_type: str, target: dict | None, *,
                 target_link: str | None = None, polls: int | None = None, user: str | None = None,
                 on_done: Callable[[], None] | None = None, on_progress: Callable[[], None] | None = None,
@@ -88,7 +89,6 @@ class OperationsMixin:
     def _op_response(self, op: Operation) -> tuple[int, dict]:
         return 200, copy.deepcopy(op.body)
 
-    # ---------------------------------------------------------------- operations
     def _find_op(self, ctx: Ctx) -> Operation:
         name = ctx.params["operation"]
         op = self.operations.get(name)

@@ -173,6 +173,7 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             self.start_nat_ip: str | None = None  # natIP a started VM gets (None: keeps its address)
             self.require_auth = True
             self.requests: list[LoggedRequest] = []
+            self.crashes: list[str] = []  # tracebacks of bugs in the fake itself (answered as 500)
             self.token_requests = 0
             self.auth_seen: dict[str, int] = {"token": 0, "self_signed_jwt": 0}
             self.now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
@@ -367,6 +368,12 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
                     raise injected(after.status)
             except ApiError as e:
                 status, out = e.code, e.body
+            except Exception as e:  # a bug in the fake: say so in the reply instead of dropping the connection
+                import traceback
+
+                self.crashes.append(traceback.format_exc())
+                status, out = 500, {"error": {"code": 500, "message": f"fake compute crashed: {e!r}", "errors": [
+                    {"message": f"fake compute crashed: {e!r}", "domain": "global", "reason": "backendError"}]}}
         data = json.dumps(out).encode()
         return status, {"Content-Type": "application/json; charset=UTF-8"}, data
 
