@@ -151,8 +151,11 @@ class Bench:
                 r.extra = {k: summary.get(k) for k in ("files", "skipped", "retries", "requests")}
             except ValueError:
                 pass
-        if tool in ("ceiling", "listing") and rc == 0:
-            r.engine_seconds = json.loads(out.strip().splitlines()[-1])["seconds"]
+        if rc == 0 and (tool.startswith(("ceiling", "listing", "raw GET"))):
+            got = json.loads(out.strip().splitlines()[-1])
+            r.engine_seconds = got["seconds"]
+            if (got["files"], got["bytes"]) != expect:
+                r.ok, r.note = False, f"got {got['files']} files / {got['bytes']} bytes, expected {expect[0]} / {expect[1]}"
         return self.record(r)
 
     # --- tools ---------------------------------------------------------------------------------
@@ -421,20 +424,27 @@ def main(argv=None) -> None:
     try:
         bench = Bench(server, scale, args.work, peers, log)
         if "gsutil" in peers:
-            g = setup_gsutil(server, log)
+            try:
+                g = setup_gsutil(server, log)
+            except Exception as e:  # a peer that cannot be set up is a note, not a lost run
+                log(f"gsutil: skipped ({e})")
+                g = None
             if g:
                 bench.gsutil, socat = (g[0], g[1]), g[2]
         names = bench.seed()
-        if "cap" in only:
-            bench.capacity(names["small"], scale.small[1], args.latency)
-        if "a" in only:
-            bench.transfer("small", names["small"], scale.small[1])
-        if "b" in only:
-            bench.transfer("large", names["large"], scale.large[1], slice_size=16 << 20)
-        if "c" in only:
-            bench.noop(names["noop"], scale.noop[1])
-        if "d" in only:
-            bench.rss(names["rss"], scale.rss[1])
+        steps = [
+            ("cap", lambda: bench.capacity(names["small"], scale.small[1], args.latency)),
+            ("a", lambda: bench.transfer("small", names["small"], scale.small[1])),
+            ("b", lambda: bench.transfer("large", names["large"], scale.large[1], slice_size=16 << 20)),
+            ("c", lambda: bench.noop(names["noop"], scale.noop[1])),
+            ("d", lambda: bench.rss(names["rss"], scale.rss[1])),
+        ]
+        for key, step in steps:
+            if key in only:
+                try:
+                    step()
+                except Exception as e:
+                    log(f"workload {key} aborted: {e!r}")
         meta = {
             "mode": "quick" if args.quick else "full", "latency_s": args.latency, "cpus": os.cpu_count(),
             "load1": f"{os.getloadavg()[0]:.2f}", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
