@@ -146,12 +146,16 @@ def _render_plan(plan: dict) -> str:
 def _render_result(r: dict) -> str:
     gpu = f"{r['gpu_count']} x {r['gpu']}" if r["gpu"] else "none"
     verb = {"created": "Created", "started": "Started", "reused": "Already running:"}[r["action"]]
-    return "\n".join(
-        [
-            f"{verb} {r['name']} in {r['zone']}",
-            f"  machine   {r['machine_type']}  GPU {gpu}{'  (Spot)' if r['spot'] else ''}",
-            f"  address   {r['external_ip'] or '-'}  (SSH from {r['ssh_from']})",
-            f"  price     ${r['price_per_hour']:.2f}/h while running",
-            f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}",
-        ]
-    )
+    lines = [
+        f"{verb} {r['name']} in {r['zone']}",
+        f"  machine   {r['machine_type']}  GPU {gpu}{'  (Spot)' if r['spot'] else ''}",
+        f"  address   {r['external_ip'] or '-'}  (SSH from {r['ssh_from']})",
+        f"  price     ${r['price_per_hour']:.2f}/h while running",
+    ]
+    ready = r.get("ready") or {}
+    if isinstance(ready, dict) and ready.get("ssh"):
+        lines.append(f"  ssh       {ready['ssh']}")
+    if isinstance(ready, dict) and ready.get("jupyter"):
+        lines.append(f"  jupyter   {ready['jupyter']}")
+    lines.append(f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}")
+    return "\n".join(lines)
