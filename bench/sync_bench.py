@@ -301,7 +301,7 @@ def setup_gsutil(server: GcsStandIn, log) -> tuple[str, dict, subprocess.Popen] 
         "[Credentials]\n"
         f"gs_json_host = 127.0.0.1\ngs_json_port = {port}\ngs_host = 127.0.0.1\ngs_port = {port}\n"
         "[Boto]\nhttps_validate_certificates = False\n"
-        "[GSUtil]\ndefault_api_version = 2\nprefer_api = json\ncheck_hashes = if_fast_else_skip\n"
+        "[GSUtil]\ndefault_api_version = 2\nprefer_api = json\n"
         # parallelism left at gsutil's defaults, as people run `gsutil -m` (1x32 threads measured the same)
         "software_update_check_period = 0\n"
     )
