@@ -27,6 +27,7 @@ DLVM_IMAGE_GB = 50
 DEFAULT_DISK_GB = 100
 DEFAULT_DISK_TYPE = "pd-balanced"
 DEFAULT_CPU_MACHINE = "n1-standard-8"
+DEFAULT_GPU = "t4"  # the cheapest current GPU; used when `up` is given neither --gpu nor --cpu-only
 DEFAULT_AUTOSTOP_MINUTES = 60
 MAX_DISK_GB = 65536
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "pd-extreme", "hyperdisk-balanced")
@@ -145,6 +146,7 @@ class VmSpec:
     autostop_minutes: int | None = DEFAULT_AUTOSTOP_MINUTES  # None: off
     max_hours: float | None = None
     ssh_from: str | None = None  # CIDR; None: the caller's address /32, looked up at run time
+    gpu_given: bool = True  # False: DEFAULT_GPU was assumed, so an existing VM's GPU is not a difference
 
     @property
     def catalogue(self) -> Gpu | None:
@@ -302,8 +304,10 @@ def build_spec(
     validate_name(name)
     if gpu and cpu_only:
         raise InvalidInput("Choose either --gpu or --cpu-only, not both.")
+    # `gcpdl up box` with no GPU flag: restart box as it is, or create it with the cheapest GPU
+    gpu_given = bool(gpu or cpu_only or machine)
     if not gpu and not cpu_only:
-        raise InvalidInput("Say which GPU to use, e.g. --gpu t4, or pass --cpu-only.")
+        gpu = DEFAULT_GPU
     entry: Gpu | None = None
     count = 0
     if gpu:
@@ -346,4 +350,5 @@ def build_spec(
         autostop_minutes=parse_autostop(autostop),
         max_hours=max_hours,
         ssh_from=cidr,
+        gpu_given=gpu_given,
     )

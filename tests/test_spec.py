@@ -55,7 +55,6 @@ def test_machine_override_takes_count_from_builtin_machine():
         ({"name": "box", "gpu": "a100", "machine": "g2-standard-8"}, "Machine type g2-standard-8 cannot take a100 GPUs; use one of: a2-highgpu-1g, a2-highgpu-2g, a2-highgpu-4g, a2-highgpu-8g, a2-megagpu-16g."),
         ({"name": "box", "gpu": "l4:2", "machine": "g2-standard-8"}, "Machine type g2-standard-8 has 1 l4 GPU(s), not 2."),
         ({"name": "box", "cpu_only": True, "machine": "a2-highgpu-1g"}, "Machine type a2-highgpu-1g comes with 1 a100 GPU(s); use --gpu a100:1 instead of --cpu-only."),
-        ({"name": "box"}, "Say which GPU to use, e.g. --gpu t4, or pass --cpu-only."),
         ({"name": "box", "gpu": "t4", "cpu_only": True}, "Choose either --gpu or --cpu-only, not both."),
         ({"name": "box", "gpu": "t4", "disk": "20"}, "--disk 20 GB is smaller than the 50 GB image pytorch-2-7-cu128-ubuntu-2204-nvidia-570; use --disk 50 or more."),
         ({"name": "box", "gpu": "t4", "disk": "lots"}, "Invalid --disk 'lots': expected a size in GB like 200 or 1TB."),
@@ -85,3 +84,9 @@ def test_parsers():
 def test_custom_image_skips_the_offline_size_check():
     spec = build_spec("box", cpu_only=True, image_family="debian-12", image_project="debian-cloud", disk="10")
     assert (spec.image_family, spec.disk_gb, spec.gpu) == ("debian-12", 10, None)
+
+
+def test_no_gpu_flag_means_t4_but_not_a_stated_wish():
+    spec = build_spec("box")
+    assert (spec.gpu, spec.gpu_count, spec.machine_type, spec.gpu_given) == ("t4", 1, "n1-standard-8", False)
+    assert build_spec("box", gpu="t4").gpu_given is True

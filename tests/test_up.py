@@ -410,3 +410,19 @@ def test_lost_reply_on_insert_is_retried_with_the_same_request_id(env):
     inserts = env.calls("compute.instances.insert")
     assert len(inserts) == 2 and inserts[0].query["requestId"] == inserts[1].query["requestId"]
     assert len(env.instances()) == 1 and [d["name"] for d in env.disks()] == ["box", "box-data"]
+
+
+def test_up_without_gpu_flag_restarts_the_vm_as_it_is(env):
+    env.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed"}, machine_type="g2-standard-8")
+    result = run("up", "box", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["action"], out["gpu"], out["differences"]) == ("started", "l4", [])
+    assert "Warning" not in result.stderr
+
+
+def test_up_without_gpu_flag_creates_a_t4(env):
+    result = run("up", "box", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["gpu"] == "t4"
+    assert "No --gpu given: creating box with 1 t4 (n1-standard-8)." in result.stderr

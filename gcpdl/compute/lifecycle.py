@@ -191,6 +191,8 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     else:
         queue = zn.next_zones(first, ctx.zones, offered, spec)
 
+    if not spec.gpu_given:
+        ctx.progress(f"No --gpu given: creating {spec.name} with {spec.gpu_count} {spec.gpu} ({spec.machine_type}).")
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
         raise Aborted("Nothing created.")
@@ -317,9 +319,9 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
 
 def differences(spec: VmSpec, inst: Instance) -> list[str]:
     out = []
-    if inst.machine_type != spec.machine_type:
+    if spec.gpu_given and inst.machine_type != spec.machine_type:
         out.append(f"machine type is {inst.machine_type}, not {spec.machine_type}")
-    if (inst.gpu, inst.gpu_count if inst.gpu else 0) != (spec.gpu, spec.gpu_count if spec.gpu else 0):
+    if spec.gpu_given and (inst.gpu, inst.gpu_count if inst.gpu else 0) != (spec.gpu, spec.gpu_count if spec.gpu else 0):
         out.append(f"GPU is {inst.gpu_label}, not {spec.gpu_label}")
     if inst.spot != spec.spot:
         out.append("it is a Spot VM" if inst.spot else "it is not a Spot VM")
