@@ -449,6 +449,7 @@ def main(argv=None) -> None:
         meta = {
             "mode": "quick" if args.quick else "full", "latency_s": args.latency, "cpus": os.cpu_count(),
             "load1": f"{os.getloadavg()[0]:.2f}", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         }
         text = report(bench.results, scale, meta)
         print(text)
