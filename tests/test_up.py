@@ -426,3 +426,13 @@ def test_up_without_gpu_flag_creates_a_t4(env):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["gpu"] == "t4"
     assert "No --gpu given: creating box with 1 t4 (n1-standard-8)." in result.stderr
+
+
+def test_standard_vm_with_max_hours(env):
+    """maxRunDuration works for standard VMs too (cloud.google.com/compute/docs/instances/limit-vm-runtime);
+    instanceTerminationAction goes with it."""
+    result = run("up", "box", "--gpu", "t4", "--max-hours", "3", "--yes")
+    assert result.exit_code == 0, result.output
+    sched = env.instance(ZONE, "box")["scheduling"]
+    assert sched["provisioningModel"] == "STANDARD" and sched["instanceTerminationAction"] == "STOP"
+    assert sched["maxRunDuration"] == {"seconds": "10800"}

@@ -39,9 +39,11 @@ class InstancesMixin:
                                 "Scheduling must have preemptible be false when OnHostMaintenance isn't TERMINATE.")
         if accs and ohm != "TERMINATE":
             raise ApiError(400, "Instances with guest accelerators do not support live migration.", reason="badRequest")
-        if sched.get("instanceTerminationAction") and not spot:
+        # A time limit (maxRunDuration / terminationTime) takes a termination action on standard
+        # VMs too (https://cloud.google.com/compute/docs/instances/limit-vm-runtime).
+        if sched.get("instanceTerminationAction") and not (spot or sched.get("maxRunDuration") or sched.get("terminationTime")):
             raise invalid_field("resource.scheduling.instanceTerminationAction", sched["instanceTerminationAction"],
-                                "Instance termination action can only be set for SPOT instances.")
+                                "Instance termination action can only be set for SPOT instances or with a time limit.")
         image_gb = self._check_disks(project, zone, name, body.get("disks") or [])
         sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot, mt_name)
         if sync_err:
