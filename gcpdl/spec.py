@@ -146,7 +146,9 @@ class VmSpec:
     autostop_minutes: int | None = DEFAULT_AUTOSTOP_MINUTES  # None: off
     max_hours: float | None = None
     ssh_from: str | None = None  # CIDR; None: the caller's address /32, looked up at run time
-    gpu_given: bool = True  # False: DEFAULT_GPU was assumed, so an existing VM's GPU is not a difference
+    # what the user said explicitly: only those count as differences from an existing VM
+    gpu_given: bool = True  # False: DEFAULT_GPU was assumed
+    disk_given: bool = True  # False: DEFAULT_DISK_GB was assumed
 
     @property
     def catalogue(self) -> Gpu | None:
@@ -351,4 +353,5 @@ def build_spec(
         max_hours=max_hours,
         ssh_from=cidr,
         gpu_given=gpu_given,
+        disk_given=disk is not None,
     )

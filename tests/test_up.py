@@ -436,3 +436,13 @@ def test_standard_vm_with_max_hours(env):
     sched = env.instance(ZONE, "box")["scheduling"]
     assert sched["provisioningModel"] == "STANDARD" and sched["instanceTerminationAction"] == "STOP"
     assert sched["maxRunDuration"] == {"seconds": "10800"}
+
+
+def test_differences_only_for_what_was_asked(env):
+    env.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed"}, machine_type="n1-standard-8",
+                     spot=True, disk_size_gb=200)
+    result = run("up", "box", "--gpu", "t4", "--yes", "--json")
+    assert json.loads(result.stdout)["differences"] == []
+    env.add_instance("std", status="TERMINATED", labels={"gcpdl": "managed"}, machine_type="n1-standard-8", disk_size_gb=200)
+    result = run("up", "std", "--gpu", "t4", "--spot", "--disk", "100", "--yes", "--json")
+    assert json.loads(result.stdout)["differences"] == ["it is not a Spot VM", "boot disk is 200 GB, not 100 GB"]

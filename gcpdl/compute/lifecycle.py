@@ -323,9 +323,9 @@ def differences(spec: VmSpec, inst: Instance) -> list[str]:
         out.append(f"machine type is {inst.machine_type}, not {spec.machine_type}")
     if spec.gpu_given and (inst.gpu, inst.gpu_count if inst.gpu else 0) != (spec.gpu, spec.gpu_count if spec.gpu else 0):
         out.append(f"GPU is {inst.gpu_label}, not {spec.gpu_label}")
-    if inst.spot != spec.spot:
-        out.append("it is a Spot VM" if inst.spot else "it is not a Spot VM")
-    if inst.boot_disk_gb and inst.boot_disk_gb != spec.disk_gb:
+    if spec.spot and not inst.spot:  # a plain `up` on a Spot VM is not asking for a change
+        out.append("it is not a Spot VM")
+    if spec.disk_given and inst.boot_disk_gb and inst.boot_disk_gb != spec.disk_gb:
         out.append(f"boot disk is {inst.boot_disk_gb} GB, not {spec.disk_gb} GB")
     return out
 
