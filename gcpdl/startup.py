@@ -1,5 +1,5 @@
 """The VM's startup script: templates/startup.sh.j2 (+ jupyter.service.j2, and the autostop
-agent's autostop.sh.j2 when autostop is on), rendered by one function.
+agent's autostop.sh.j2, always: the agent honours "off"), rendered by one function.
 
 `up` calls ``render_startup_script(StartupOptions(...))`` and sends the result as the
 `startup-script` metadata value. The script reports progress in the guest attribute

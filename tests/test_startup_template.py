@@ -39,7 +39,10 @@ def test_variants_differ_where_they_should():
     assert "GPU=1" in gpu and "DATA_DISK=1" in gpu and "RequiresMountsFor=/data" in gpu
     assert "GPU=0" in cpu and "DATA_DISK=0" in cpu and "RequiresMountsFor" not in cpu
     assert "stage autostop" in cpu
-    assert "stage autostop" not in render_startup_script(VARIANTS["gpu-nodisk-noautostop"])
+    # autostop off still installs the agent (with its default window off), so a later
+    # `gcpdl autostop NAME 30m` works on a VM created with `--autostop off`
+    off = render_startup_script(VARIANTS["gpu-nodisk-noautostop"])
+    assert "stage autostop" in off and "--default-window off" in off
     # Jupyter on loopback only, token never on a command line
     assert "--ServerApp.ip=127.0.0.1" in gpu and "token" not in gpu.split("ExecStart=")[1].split("\n")[0].lower()
 
