@@ -20,13 +20,12 @@ import json
 import threading
 import uuid
 from typing import Any, Callable
-from urllib.parse import quote
 
 from gcpdl.clients import ClientFactory
 from gcpdl.compute import errors as cerrors
 from gcpdl.compute.model import ApiCall
 from gcpdl.deadline import Deadline, backoff
-from gcpdl.errors import CredentialsError, DeadlineExceeded, GcpdlError, OperationFailed
+from gcpdl.errors import CredentialsError, GcpdlError, OperationFailed
 
 MAX_ATTEMPTS = 6  # per request; backoff 0.5, 1, 2, 4, 8 s (capped by the deadline)
 BACKOFF_BASE = 0.5
@@ -310,8 +309,4 @@ def _request_type(compute_v1: Any, client_name: str, method_name: str) -> Any:
     return getattr(compute_v1, f"{verb}{noun}Request")
 
 
-def filter_quote(value: str) -> str:
-    return quote(value, safe="")
-
-
-__all__ = ["Compute", "prefetch", "operation_error", "DeadlineExceeded"]
+__all__ = ["Compute", "prefetch", "operation_error"]
