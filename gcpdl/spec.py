@@ -31,7 +31,8 @@ DEFAULT_GPU = "t4"  # the cheapest current GPU; used when `up` is given neither 
 DEFAULT_AUTOSTOP_MINUTES = 60
 MAX_DISK_GB = 65536
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "pd-extreme", "hyperdisk-balanced")
-# G2/A2/A3 machines only take Hyperdisk or pd-balanced/ssd; pd-standard is refused on A3/G2.
+# G2 and A3 machines do not take pd-standard (https://cloud.google.com/compute/docs/disks#disk-types).
+NO_PD_STANDARD_FAMILIES = ("g2", "a3")
 SSH_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -325,7 +326,7 @@ def build_spec(
     dtype = (disk_type or DEFAULT_DISK_TYPE).strip().lower()
     if dtype not in DISK_TYPES:
         raise InvalidInput(f"Unknown disk type '{dtype}'. Choose one of: {', '.join(DISK_TYPES)}.")
-    if dtype == "pd-standard" and entry is not None and not entry.attached:
+    if dtype == "pd-standard" and machine_type.split("-", 1)[0] in NO_PD_STANDARD_FAMILIES:
         raise InvalidInput(f"{machine_type} cannot boot from pd-standard; use pd-balanced or pd-ssd.")
     disk_gb = parse_size_gb(disk, "--disk") if disk is not None else DEFAULT_DISK_GB
     family = image_family or (GPU_IMAGE_FAMILY if entry else CPU_IMAGE_FAMILY)

@@ -58,6 +58,7 @@ def test_machine_override_takes_count_from_builtin_machine():
         ({"name": "box", "gpu": "t4", "cpu_only": True}, "Choose either --gpu or --cpu-only, not both."),
         ({"name": "box", "gpu": "t4", "disk": "20"}, "--disk 20 GB is smaller than the 50 GB image pytorch-2-7-cu128-ubuntu-2204-nvidia-570; use --disk 50 or more."),
         ({"name": "box", "gpu": "t4", "disk": "lots"}, "Invalid --disk 'lots': expected a size in GB like 200 or 1TB."),
+        ({"name": "box", "gpu": "l4", "disk_type": "pd-standard"}, "g2-standard-8 cannot boot from pd-standard; use pd-balanced or pd-ssd."),
         ({"name": "box", "gpu": "t4", "disk_type": "floppy"}, "Unknown disk type 'floppy'. Choose one of: pd-standard, pd-balanced, pd-ssd, pd-extreme, hyperdisk-balanced."),
         ({"name": "box", "gpu": "t4", "ssh_from": "10.0.0.300/8"}, "Invalid --ssh-from '10.0.0.300/8': expected an address or CIDR like 203.0.113.7/32."),
         ({"name": "box", "gpu": "t4", "autostop": "soon"}, "Invalid --autostop 'soon': expected minutes like 60m, hours like 2h, or off."),
