@@ -316,6 +316,8 @@ def test_missing_credentials(env, monkeypatch, tmp_path):
         (["--gpu", "t4", "--disk", "55"], "Error: --disk 55 GB is smaller than the image pytorch-2-7-cu128-ubuntu-2204-nvidia-570 (60 GB); use --disk 60 or more."),
         (["--cpu-only", "--image-family", "no-such-family", "--image-project", "debian-cloud"], "Error: Image family no-such-family in project debian-cloud not found."),
         (["--cpu-only", "--machine", "e2-standard-64"], "Error: Machine type e2-standard-64 does not exist in zone us-central1-a."),
+        (["--cpu-only", "--zone", "us-central1-z"], "Error: Zone us-central1-z does not exist. See the zones with: gcloud compute zones list"),
+        (["--gpu", "t4", "--zone", "us-central1-z"], "Error: GPU t4 (nvidia-tesla-t4) is not offered in zone us-central1-z. Zones that offer it: us-central1-a, us-central1-b, us-central1-c, us-central1-f, us-east1-c."),
     ],
 )
 def test_zone_and_image_checks_happen_before_any_mutation(env, args, line):

@@ -154,7 +154,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     with ThreadPoolExecutor(max_workers=5, thread_name_prefix="gcpdl-read") as pool:
         f_existing = pool.submit(find, compute, spec.name, deadline)
         f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
+        # a GPU's zones come with its acceleratorTypes; without one, ask whether the zone exists
         f_offered: Future | None = pool.submit(zn.accelerator_zones, compute, spec.accelerator, deadline) if spec.gpu else None
+        f_zone = None if spec.gpu else pool.submit(compute.get_or_none, rq.zone_path(project, first), deadline)
         f_image = pool.submit(
             compute.get, f"/compute/v1/projects/{spec.image_project}/global/images/family/{spec.image_family}",
             deadline, None, f"Image family {spec.image_family} in project {spec.image_project}",
@@ -173,6 +175,8 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
 
+    if f_zone is not None and f_zone.result() is None:
+        raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
     zn.check_zone(spec, first, offered or {})
     if machine_missing:
         raise InvalidInput(f"Machine type {spec.machine_type} does not exist in zone {first}.")
