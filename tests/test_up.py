@@ -446,5 +446,6 @@ def test_differences_only_for_what_was_asked(env):
     result = run("up", "box", "--gpu", "t4", "--yes", "--json")
     assert json.loads(result.stdout)["differences"] == []
     env.add_instance("std", status="TERMINATED", labels={"gcpdl": "managed"}, machine_type="n1-standard-8", disk_size_gb=200)
-    result = run("up", "std", "--gpu", "t4", "--spot", "--disk", "100", "--yes", "--json")
-    assert json.loads(result.stdout)["differences"] == ["it is not a Spot VM", "boot disk is 200 GB, not 100 GB"]
+    result = run("up", "std", "--gpu", "t4", "--spot", "--disk", "100", "--data-disk", "50", "--yes", "--json")
+    assert json.loads(result.stdout)["differences"] == [
+        "it is not a Spot VM", "boot disk is 200 GB, not 100 GB", "it has no data disk std-data"]

@@ -331,6 +331,8 @@ def differences(spec: VmSpec, inst: Instance) -> list[str]:
         out.append("it is not a Spot VM")
     if spec.disk_given and inst.boot_disk_gb and inst.boot_disk_gb != spec.disk_gb:
         out.append(f"boot disk is {inst.boot_disk_gb} GB, not {spec.disk_gb} GB")
+    if spec.data_disk_gb and spec.data_disk_name not in inst.disks:
+        out.append(f"it has no data disk {spec.data_disk_name}")
     return out
 
 
