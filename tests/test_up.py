@@ -449,3 +449,18 @@ def test_differences_only_for_what_was_asked(env):
     result = run("up", "std", "--gpu", "t4", "--spot", "--disk", "100", "--data-disk", "50", "--yes", "--json")
     assert json.loads(result.stdout)["differences"] == [
         "it is not a Spot VM", "boot disk is 200 GB, not 100 GB", "it has no data disk std-data"]
+
+
+def test_error_mapping_names_the_missing_resource():
+    from gcpdl.compute import errors as ce
+
+    def mapped(message, what=""):
+        err = ce.from_rest(404, {"error": {"code": 404, "message": message, "errors": [{"reason": "notFound", "message": message}]}})
+        return ce.to_gcpdl(err, "p", what)
+
+    e = mapped("The resource 'projects/p/global/networks/default' was not found", "Firewall rule gcpdl-ssh-box")
+    assert (e.message, e.fix) == ("Project p has no 'default' VPC network.",
+                                  "Create it with: gcloud compute networks create default --subnet-mode=auto --project p")
+    assert mapped("The resource 'projects/p/zones/z/disks/box-data' was not found", "VM box").message == "Not found: projects/p/zones/z/disks/box-data."
+    assert mapped("The resource 'projects/p/zones/z/instances/box' was not found", "VM box").message == "VM box not found."
+    assert mapped("The resource 'projects/p' was not found", "VM box").message == "Project p not found."

@@ -168,7 +168,17 @@ def to_gcpdl(err: ApiError, project: str, what: str = "") -> GcpdlError:
     if err.status == 404 or "notFound" in reasons or "RESOURCE_NOT_FOUND" in reasons:
         if re.search(rf"'projects/{re.escape(project)}' was not found", text) or "project" in reasons or f"Project {project}" in text:
             return NotFound(f"Project {project} not found.", fix="Check the project id (gcloud projects list) or pass --project.")
-        return NotFound(f"{what or 'Resource'} not found." if what else f"Not found: {text}")
+        m = re.search(r"The resource '([^']+)' was not found", text)
+        missing = m.group(1) if m else None
+        if missing and missing.endswith("/global/networks/default"):
+            # gcpdl puts VMs and the SSH rule on the default VPC; some projects delete it
+            return NotFound(
+                f"Project {project} has no 'default' VPC network.",
+                fix=f"Create it with: gcloud compute networks create default --subnet-mode=auto --project {project}",
+            )
+        if what and (missing is None or missing.rsplit("/", 1)[-1] in what):
+            return NotFound(f"{what} not found.")
+        return NotFound(f"Not found: {missing}." if missing else f"Not found: {text}")
     if err.status == 403 or "forbidden" in reasons or "PERMISSION_DENIED" in reasons:
         perm = permission_from(text)
         if perm:
