@@ -159,3 +159,19 @@ def test_rate_limiter_doubles_every_period():
     clock = [0.0]
     rl = RateLimiter(rate=5000, doubling_s=1200, clock=lambda: clock[0])
     assert rl.rate(0) == 5000 and rl.rate(1199) == 5000 and rl.rate(1200) == 10000 and rl.rate(2400) == 20000
+
+
+def test_request_timeout_fires_and_can_be_pushed_back():
+    from gcpdl.sync.transfer import _Timeout
+
+    async def scenario():
+        with pytest.raises(TimeoutError):
+            async with _Timeout(0.01):
+                await asyncio.sleep(5)
+        loop = asyncio.get_running_loop()
+        async with _Timeout(0.01) as tm:
+            tm.reschedule(loop.time() + 5)
+            await asyncio.sleep(0.03)  # would have fired without the reschedule
+        return True
+
+    assert asyncio.run(scenario())

@@ -452,15 +452,20 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, parts: P
                 return
             await handle(*item)
 
+    # (not asyncio.TaskGroup: gcpdl runs on the VM's Python, which may be 3.10)
+    tasks = [asyncio.ensure_future(worker()) for _ in range(opts.jobs)]
     try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(opts.jobs):
-                tg.create_task(worker())
-    except* GcpdlError as eg:
-        raise eg.exceptions[0] from None
-    except* OSError as eg:
-        raise disk_error(eg.exceptions[0], run.dest) from None
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            e = t.exception()
+            if isinstance(e, OSError):
+                raise disk_error(e, run.dest) from None
+            if e is not None:
+                raise e
     finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         s.requests, s.retries = fetcher.requests, fetcher.retries
         fetcher.close()
 

@@ -42,6 +42,35 @@ NO_KEEPALIVE_WINDOW = 4
 IO_THREADS = 2  # file creation and renames beside the event loop; 0 = inline (GCPDL_SYNC_IO_THREADS)
 
 
+class _Timeout:
+    """asyncio.timeout (3.11+) for Python 3.10 too: the VM's Python may be older than ours.
+    ``reschedule(when)`` takes an absolute loop time, like asyncio's."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.fired = False
+
+    async def __aenter__(self) -> "_Timeout":
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.handle = self.loop.call_later(self.seconds, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+    def reschedule(self, when: float) -> None:
+        self.handle.cancel()
+        self.handle = self.loop.call_at(when, self._fire)
+
+    async def __aexit__(self, et, e, tb) -> bool:
+        self.handle.cancel()
+        if self.fired and et is asyncio.CancelledError:
+            raise TimeoutError
+        return False
+
+
 class Retryable(Exception):
     def __init__(self, reason: str, throttled: bool = False):
         super().__init__(reason)
@@ -289,7 +318,7 @@ class Fetcher:
         reader, writer = conn
         reusable = False
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT) as tm:
+            async with _Timeout(REQUEST_TIMEOUT) as tm:
                 self.requests += 1
                 writer.write(self._request(name, generation, rng, auth))
                 head = await read_head(reader)
