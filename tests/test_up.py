@@ -464,3 +464,17 @@ def test_error_mapping_names_the_missing_resource():
     assert mapped("The resource 'projects/p/zones/z/disks/box-data' was not found", "VM box").message == "Not found: projects/p/zones/z/disks/box-data."
     assert mapped("The resource 'projects/p/zones/z/instances/box' was not found", "VM box").message == "VM box not found."
     assert mapped("The resource 'projects/p' was not found", "VM box").message == "Project p not found."
+
+
+def test_rule_created_meanwhile_by_another_laptop_is_patched(env):
+    """409 on the rule insert: it exists now, so set its source instead of failing `up`."""
+    from gcpdl.compute import firewall
+    from gcpdl.compute import requests as rq
+    from gcpdl.deadline import Deadline
+
+    compute = _compute()
+    compute.run(rq.firewall_insert(env.project, "box", "198.51.100.1/32"), Deadline(30))
+    created = firewall.apply(compute, "box", rq.firewall_insert(env.project, "box", "203.0.113.7/32"), Deadline(30))
+    assert created is False
+    (rule,) = env.firewalls()
+    assert rule["sourceRanges"] == ["203.0.113.7/32"]

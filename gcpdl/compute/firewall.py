@@ -78,3 +78,18 @@ def plan_rule(project: str, vm_name: str, source: str, existing: dict | None) ->
 
 def rule_path(project: str, vm_name: str) -> str:
     return f"{rq.API}/projects/{project}/global/firewalls/{rq.firewall_name(vm_name)}"
+
+
+def apply(compute, vm_name: str, call: ApiCall, deadline) -> bool:
+    """Run the planned insert/patch; True when this run created the rule. Another laptop may
+    have created it since we looked (409 alreadyExists): then only its source needs setting."""
+    from gcpdl.errors import Conflict
+
+    try:
+        compute.run(call, deadline)
+        return call.kind == "firewalls.insert"
+    except Conflict:
+        if call.kind != "firewalls.insert":
+            raise
+        compute.run(rq.firewall_patch(call.project, vm_name, call.body["sourceRanges"][0]), deadline)  # type: ignore[index]
+        return False

@@ -205,17 +205,16 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     rule_call = fw.plan_rule(project, spec.name, ctx.ssh_from, rule)
     calls_needed = ["instances.insert", "instances.delete"] + (["disks.insert", "disks.delete"] if spec.data_disk_gb else [])
     if rule_call:
-        calls_needed += [rule_call.kind, "firewalls.delete"]
+        calls_needed += ["firewalls.insert", "firewalls.patch", "firewalls.delete"]
     compute.clients_for(calls_needed)
     create_deadline = compute.new_deadline(CREATE_TIMEOUT, f"{spec.name} to be created")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
-        f_fw = pool.submit(compute.run, rule_call, create_deadline) if rule_call else None
+        f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, create_deadline) if rule_call else None
         try:
             created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones))
         except BaseException:
-            _settle(f_fw)
-            if rule_call is not None and rule_call.kind == "firewalls.insert" and f_fw is not None and f_fw.exception() is None:
-                _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rule_call.resource}")
+            if _settle(f_fw):  # only a rule this run created is removed
+                _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
             raise
         if f_fw is not None:
             f_fw.result()  # a failed rule is an error: the VM exists but SSH would be closed
@@ -249,12 +248,14 @@ def _default_machine(spec: VmSpec) -> bool:
     return spec.machine_type == (gpu.machines[spec.gpu_count] if gpu else DEFAULT_CPU_MACHINE)
 
 
-def _settle(f: Future | None) -> None:
-    if f is not None:
-        try:
-            f.result()
-        except BaseException:
-            pass
+def _settle(f: Future | None) -> Any:
+    """The future's result once it is done, or None if it failed (its error is not ours to raise)."""
+    if f is None:
+        return None
+    try:
+        return f.result()
+    except BaseException:
+        return None
 
 
 def _cleanup(ctx: UpContext, call: ApiCall, what: str) -> None:
@@ -346,9 +347,9 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None) -> U
     deadline = compute.new_deadline(START_TIMEOUT, f"{spec.name} to start")
     action = "reused"
     if rule_call is not None:
-        compute.clients_for([rule_call.kind])
+        compute.clients_for(["firewalls.insert", "firewalls.patch"])
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
-        f_fw = pool.submit(compute.run, rule_call, deadline) if rule_call else None
+        f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, deadline) if rule_call else None
         if inst.status in ("RUNNING",):
             ctx.progress(f"{spec.name} is already running in {inst.zone}.")
         else:
