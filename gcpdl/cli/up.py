@@ -93,6 +93,8 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         # ready=...: the SSH/Jupyter readiness step (gcpdl.ssh.ready.wait_ready) plugs in here
     )
     result = lifecycle.up(ctx, vm)
+    if app.verbose:
+        app.say(f"{result.api_calls} Compute API requests.")
     for diff in result.differences:
         app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
     app.emit(result.as_dict(), as_json, _render_result)
