@@ -303,9 +303,9 @@ def test_dest_not_writable(gcs, tmp_path):
     assert r.stderr.strip().startswith("Error: Cannot write to /proc/gcpdl-cannot-write: ")
 
 
-def test_on_vm_is_a_clear_error(tmp_path):
-    r = CliRunner().invoke(cli, ["sync", "gs://dset/d", str(tmp_path / "o"), "--on", "box"])
-    _assert_error(r, 2, "Error: --on box is not available in this version. Pass --local to sync onto this machine.", tmp_path / "o")
+def test_on_and_local_together(tmp_path):
+    r = CliRunner().invoke(cli, ["sync", "gs://dset/d", str(tmp_path / "o"), "--on", "box", "--local"])
+    _assert_error(r, 2, "Error: Use either --on NAME or --local, not both.", tmp_path / "o")
 
 
 def test_bad_jobs(tmp_path):

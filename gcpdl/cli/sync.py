@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import dry_run_option, json_option
+from gcpdl.cli.options import dry_run_option, json_option, project_option, zone_option
 from gcpdl.errors import InvalidInput, SyncError
 
 LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -28,6 +28,8 @@ LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 @click.option("--anonymous", is_flag=True, help="Read a public bucket without credentials.")
 @click.option("--slice-size", type=int, default=16 << 20, hidden=True, help="Bytes per ranged slice of a large object.")
 @click.option("--retry-base", type=float, default=0.25, hidden=True, help="Seconds; first retry backoff.")
+@project_option
+@zone_option
 @dry_run_option
 @json_option
 @click.pass_obj
@@ -45,6 +47,8 @@ def sync(
     anonymous: bool,
     slice_size: int,
     retry_base: float,
+    project: str | None,
+    zone: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
@@ -56,6 +60,7 @@ def sync(
     \b
     gcpdl sync gs://my-data/imagenet ./imagenet --local
     gcpdl sync gs://my-data/imagenet --on box           (to /data/imagenet on the VM)
+    gcpdl sync gs://my-data/imagenet                    (onto the one running gcpdl VM)
     """
     from gcpdl.sync.url import parse_gs_url
 
@@ -67,10 +72,18 @@ def sync(
     if slice_size < (1 << 20):
         raise InvalidInput("--slice-size must be at least 1 MiB.")
     if not local:
-        # Running on the VM needs the instance lookup and SSH session from `up`; until those land
-        # the engine runs here only, and we say so instead of guessing.
-        where = f"--on {on_vm}" if on_vm else "Syncing onto a VM"
-        raise InvalidInput(f"{where} is not available in this version.", fix="Pass --local to sync onto this machine.")
+        _on_vm(app, url, source, dest, on_vm, project, zone, as_json, [
+            *(["--jobs", str(jobs)] if jobs != 64 else []),
+            *(["--delete"] if delete else []),
+            *(["--dry-run"] if dry_run else []),
+            *[a for g in include for a in ("--include", g)],
+            *[a for g in exclude for a in ("--exclude", g)],
+            *(["--billing-project", billing_project] if billing_project else []),
+            *(["--anonymous"] if anonymous else []),
+            *(["--slice-size", str(slice_size)] if slice_size != 16 << 20 else []),
+            *(["--retry-base", str(retry_base)] if retry_base != 0.25 else []),
+        ])
+        return
     if dest is None:
         dest = Path(url.prefix.rstrip("/").rsplit("/", 1)[-1] or url.bucket)
 
@@ -100,6 +113,45 @@ def sync(
         names = ", ".join(f"{f.name} ({f.reason})" for f in summary.failures[:5])
         more = f" and {len(summary.failures) - 5} more" if len(summary.failures) > 5 else ""
         raise SyncError(f"{len(summary.failures)} object(s) failed: {names}{more}.", fix="Re-run to retry them.")
+
+
+def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, project, zone, as_json: bool, flags: list[str]) -> None:
+    """The engine on the VM: ship gcpdl there, run it, relay its progress and summary."""
+    import os
+
+    from gcpdl.ssh.session import target_session
+    from gcpdl.ssh.target import validate_name
+    from gcpdl.sync import remote
+
+    if on_vm:
+        name = validate_name(on_vm)
+    else:
+        name = remote.pick_vm(_running_vms(app, project))
+    factory = app.factory(project=project, zone=zone)
+    session = target_session(factory, name, zone, report=app.say)
+    app.on_close(session.close)
+    target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
+    app.say(f"Syncing {url} to {name}:{target_dest}")
+    result = remote.run_remote(
+        session, [source, target_dest, *flags], remote.forwarded_env(), app.say, python=os.environ.get("GCPDL_REMOTE_PYTHON")
+    )
+    if result.summary is not None:
+        result.summary["vm"] = name
+        app.emit(result.summary, as_json, _human)
+    if result.exit_code != 0:
+        err = SyncError(f"On VM {name}: {result.error}")
+        err.exit_code = result.exit_code if result.exit_code in (1, 2) else 1
+        raise err
+
+
+def _running_vms(app: App, project: str | None) -> list[str]:
+    from gcpdl.compute import lifecycle
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+
+    factory = app.factory(project=project)
+    compute = Compute(factory, factory.project())
+    return [i.name for i in lifecycle.list_managed(compute, Deadline(60, what="the VM list")) if i.status == "RUNNING"]
 
 
 def _human(d: dict) -> str:

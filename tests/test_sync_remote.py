@@ -1,0 +1,78 @@
+"""`gcpdl sync --on VM`: gcpdl ships its own wheel over SFTP and runs the engine on the VM.
+
+The VM is the fake-Compute instance whose sshd is the fixture sshd (tests/fixtures/ssh.py); the
+bucket is the GCS stand-in. GCPDL_REMOTE_PYTHON names a Python on the "VM" that already has the
+dependencies (a real VM gets a venv), GCPDL_REMOTE_DIR keeps gcpdl's folder there in tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from gcpdl.cli.app import cli
+
+
+@pytest.fixture
+def vm(ssh_vm, gcs, tmp_path, monkeypatch):
+    monkeypatch.setenv("GCPDL_REMOTE_PYTHON", sys.executable)
+    monkeypatch.setenv("GCPDL_REMOTE_DIR", str(tmp_path / "vm-gcpdl"))
+    return ssh_vm
+
+
+def test_sync_on_vm_ships_the_wheel_once_and_streams_the_summary(vm, gcs, tmp_path):
+    gcs.create_bucket("vmdata", public=True)
+    names = gcs.generate("vmdata", "train/", count=120, size=4000, seed=11)
+    dest = tmp_path / "vm-disk" / "train"
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/train", str(dest), "--on", "box", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["files"], s["failed"], s["vm"]) == (120, 0, "box")
+    assert "Shipping gcpdl to the VM" in r.stderr
+    for n in names[::17]:
+        assert (dest / n[len("train/"):]).read_bytes() == gcs.object_bytes("vmdata", n)
+    wheels = list((tmp_path / "vm-gcpdl" / "wheels").iterdir())
+    assert len(wheels) == 1 and wheels[0].name.startswith("gcpdl-") and wheels[0].name.endswith("-py3-none-any.whl")
+
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/train", str(dest), "--on", "box", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert "Shipping" not in r.stderr  # same gcpdl: not uploaded again
+    assert json.loads(r.stdout)["skipped"] == 120
+
+
+def test_the_only_running_vm_is_the_default(vm, gcs, tmp_path):
+    vm.gcp.add_instance("other", status="TERMINATED", labels={"gcpdl": "managed"})
+    # `box` from ssh_vm carries no gcpdl label; this one is a gcpdl VM with the same sshd
+    vm.gcp.add_instance("mine", zone=vm.zone, status="RUNNING", nat_ip="127.0.0.1", labels={"gcpdl": "managed"},
+                        guest_attributes={"hostkeys": dict(vm.sshd.host_public_keys)})
+    gcs.create_bucket("vmdata", public=True)
+    gcs.put("vmdata", "d/a", b"on the vm")
+    dest = tmp_path / "vm-disk"
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(dest)])
+    assert r.exit_code == 0, r.stderr
+    assert f"Syncing gs://vmdata/d/ to mine:{dest}" in r.stderr
+    assert (dest / "a").read_bytes() == b"on the vm"
+
+
+def test_no_running_vm_says_what_to_do(gcp, tmp_path):
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert r.stderr == "Error: No gcpdl VM is running to sync onto. Start one (gcpdl up NAME), or pass --local to sync onto this machine.\n"
+
+
+def test_remote_errors_come_back_as_one_line(vm, gcs, tmp_path):
+    r = CliRunner().invoke(cli, ["sync", "gs://no-such-bucket/d", str(tmp_path / "x"), "--on", "box"])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: On VM box: Bucket gs://no-such-bucket does not exist (or is not visible to anonymous)."
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_vm(vm, tmp_path):
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "x"), "--on", "nope"])
+    assert r.exit_code == 1
+    assert r.stderr == "Error: No VM named nope in project test-project. List yours with: gcpdl status\n"
