@@ -358,3 +358,35 @@ def test_against_gcp_storage_emulator(gcs_emu, tmp_path):
     assert tree(dest) == {k[len("set/"):]: v for k, v in data.items()}
     s = sync_json("gs://emul/set", str(dest))
     assert (s["files"], s["skipped"]) == (0, 61)
+
+
+def test_progress_reports_files_bytes_and_completion(gcs, tmp_path):
+    from gcpdl.clients import ClientFactory
+    from gcpdl.settings import resolve
+    from gcpdl.sync.engine import SyncOptions, run_sync as engine_sync
+    from gcpdl.sync.url import parse_gs_url
+
+    gcs.create_bucket("prog", public=True)
+    gcs.generate("prog", "d/", count=200, size=1000, seed=2)
+    gcs.faults(latency=0.01)
+    seen = []
+    opts = SyncOptions(source=parse_gs_url("gs://prog/d"), dest=tmp_path / "o", jobs=8, progress_interval=0.02)
+    s = engine_sync(opts, ClientFactory(resolve()), on_progress=seen.append)
+    assert s.files == 200
+    assert len(seen) >= 2  # periodic snapshots, then the final one
+    last = seen[-1]
+    assert (last.files_done, last.files_total, last.bytes_done, last.bytes_total, last.listing_done) == (200, 200, 200_000, 200_000, True)
+    assert last.eta == 0.0 and last.files_per_s > 0 and last.mb_per_s > 0
+    assert all(a.files_done <= b.files_done for a, b in zip(seen, seen[1:]))
+
+
+def test_progress_lines_on_a_pipe(gcs, tmp_path, monkeypatch):
+    import gcpdl.cli.sync as cli_sync
+
+    monkeypatch.setattr(cli_sync, "LINE_EVERY", 0.0)  # a line per snapshot, for the test
+    gcs.create_bucket("prog", public=True)
+    gcs.put_many("prog", {"d/a": b"x" * 10, "d/b": b"y" * 10})
+    r = run_sync("gs://prog/d", str(tmp_path / "o"), "--json")
+    assert r.exit_code == 0
+    assert "2/2 files, 0.0 MB/0.0 MB," in r.stderr and "(0 up to date)" in r.stderr
+    assert json.loads(r.stdout)["files"] == 2  # stdout stays clean JSON
