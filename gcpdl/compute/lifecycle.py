@@ -147,11 +147,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     compute = ctx.compute
     prefetch()  # google.cloud.compute_v1 imports on a thread while the reads below run
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, f"the checks before creating {spec.name}")
-    compute.factory.session  # credentials are looked up here, once, on this thread
+    compute.authorize(deadline)  # credentials and one token, before the threads below
     project = compute.project
     first = ctx.zones[0]
 
-    with ThreadPoolExecutor(max_workers=5, thread_name_prefix="gcpdl-read") as pool:
+    with ThreadPoolExecutor(max_workers=6, thread_name_prefix="gcpdl-read") as pool:
+        # the key pair and the startup script are local work: done while the reads fly
+        f_extras = pool.submit(lambda: (ssh_keys_entry(), startup_for(spec)))
         f_existing = pool.submit(find, compute, spec.name, deadline)
         f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
         # a GPU's zones come with its acceleratorTypes; without one, ask whether the zone exists
@@ -174,6 +176,7 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         rule = f_rule.result()
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
+        extras = f_extras.result()
 
     if f_zone is not None and f_zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
@@ -211,7 +214,7 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, create_deadline) if rule_call else None
         try:
-            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones))
+            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras)
         except BaseException:
             if _settle(f_fw):  # only a rule this run created is removed
                 _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
@@ -268,13 +271,14 @@ def _cleanup(ctx: UpContext, call: ApiCall, what: str) -> None:
 
 
 def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str], deadline: Deadline,
-                     known_disk_zones: tuple[str, ...] = ()) -> str:
-    """Try ``first``, then ``queue`` on stockout / regional quota. Returns the zone used."""
+                     known_disk_zones: tuple[str, ...], extras: tuple[str, str]) -> str:
+    """Try ``first``, then ``queue`` on stockout / regional quota. Returns the zone used.
+    ``extras`` is (ssh-keys, startup-script), the metadata the dry-run shows too."""
     compute, project = ctx.compute, ctx.compute.project
     tried: set[str] = set()
     skip_regions: set[str] = set()
     zone: str | None = first
-    ssh_keys, startup = ssh_keys_entry(), startup_for(spec)
+    ssh_keys, startup = extras
     while zone is not None:
         tried.add(zone)
         created_disk = False
