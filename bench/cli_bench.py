@@ -96,7 +96,7 @@ def main() -> None:
     fake.latency = args.latency
     sts_l = [timed(GCPDL + ["status"], env) for _ in range(max(2, args.runs // 2))]
     rows.append((f"gcpdl status, {args.latency * 1000:.0f} ms per call", f"{statistics.median(sts_l):.3f} s", "",
-                 f"critical path 2 x {args.latency:.2f} s (list, then the stopped VM's reads in parallel)"))
+                 f"critical path 2 x {args.latency:.2f} s (list, then the stopped VMs' reads in parallel)"))
 
     # --- gcpdl up against the simulated critical path ---------------------------------------
     walls, calls = [], []

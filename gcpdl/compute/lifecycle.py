@@ -546,16 +546,20 @@ def status(compute: Compute, name: str | None = None, now: Callable[[], float] =
         if not vms:
             raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
     stopped = [v for v in vms if v.status in ("TERMINATED", "STOPPED", "SUSPENDED")]
-    extras: dict[str, tuple[bool, str | None]] = {}
+    preempted: dict[str, Future] = {}
+    reasons: dict[str, Future] = {}
     if stopped:
-        with ThreadPoolExecutor(max_workers=min(8, len(stopped)), thread_name_prefix="gcpdl-status") as pool:
-            for v, res in zip(stopped, pool.map(lambda v: _stop_reason(compute, v, deadline), stopped)):
-                extras[v.name] = res
+        # every extra read at once: status waits for one round trip after the list, not one per VM
+        with ThreadPoolExecutor(max_workers=min(8, 2 * len(stopped)), thread_name_prefix="gcpdl-status") as pool:
+            for v in stopped:
+                reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
+                if v.spot:
+                    preempted[v.name] = pool.submit(_was_preempted, compute, v, deadline)
     t = now()
     out = []
     for v in vms:
-        preempted, reason = extras.get(v.name, (False, None))
-        v.preempted = v.preempted or preempted
+        v.preempted = v.preempted or (v.name in preempted and preempted[v.name].result())
+        reason = reasons[v.name].result() if v.name in reasons else None
         out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason))
     return out
 
@@ -569,32 +573,33 @@ def _iso(value: str | None) -> float | None:
     return _parse_time(value)
 
 
-def _stop_reason(compute: Compute, inst: Instance, deadline: Deadline) -> tuple[bool, str | None]:
-    """Best effort, one call per stopped VM: was it preempted, and did autostop leave a reason?"""
-    preempted = inst.preempted
-    reason = None
-    if inst.spot:
-        # A reclaimed Spot VM looks like any TERMINATED one; the system's
-        # compute.instances.preempted operation on it is what tells them apart.
-        try:
-            ops = compute.get(
-                f"{rq.zone_path(compute.project, inst.zone)}/operations", deadline,
-                params={"filter": "operationType = compute.instances.preempted"},
-            )
-            for op in ops.get("items") or []:
-                if (op.get("targetLink") or "").endswith(f"/instances/{inst.name}"):
-                    started = _iso(op.get("insertTime"))
-                    if inst.last_start is None or started is None or started >= inst.last_start:
-                        preempted = True
-        except GcpdlError:
-            pass
+def _was_preempted(compute: Compute, inst: Instance, deadline: Deadline) -> bool:
+    """A reclaimed Spot VM looks like any TERMINATED one; the system's
+    compute.instances.preempted operation on it (since it last started) tells them apart.
+    Best effort: an error means "not known to be preempted"."""
     try:
-        # the autostop agent writes its reason as guest attribute gcpdl/autostop before stopping
+        ops = compute.get(
+            f"{rq.zone_path(compute.project, inst.zone)}/operations", deadline,
+            params={"filter": "operationType = compute.instances.preempted"},
+        )
+    except GcpdlError:
+        return False
+    for op in ops.get("items") or []:
+        if (op.get("targetLink") or "").endswith(f"/instances/{inst.name}"):
+            started = _iso(op.get("insertTime"))
+            if inst.last_start is None or started is None or started >= inst.last_start:
+                return True
+    return False
+
+
+def _autostop_reason(compute: Compute, inst: Instance, deadline: Deadline) -> str | None:
+    """The autostop agent writes its reason as guest attribute gcpdl/autostop before stopping
+    the VM. Best effort: None when absent or unreadable."""
+    try:
         data = compute.get_or_none(
             f"{rq.instances_path(compute.project, inst.zone)}/{inst.name}/getGuestAttributes",
             deadline, params={"variableKey": AUTOSTOP_ATTRIBUTE},
         ) or {}
-        reason = data.get("variableValue") or None
     except GcpdlError:
-        pass
-    return preempted, reason
+        return None
+    return data.get("variableValue") or None
