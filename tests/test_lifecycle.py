@@ -159,3 +159,22 @@ def test_runlog_survives_a_concurrent_metadata_change(env):
     assert items["gcpdl-runlog"] == "start 100\nstop 200"
     assert items["gcpdl-autostop"] == "30"
     assert len(env.calls("compute.instances.setMetadata")) == 2
+
+
+def test_down_after_the_vm_vanished_removes_its_leftovers(env):
+    assert run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100").exit_code == 0
+    with env._lock:  # deleted in the console: the rule and the data disk stay behind
+        env.instances_by_key.pop((ZONE, "box"))
+        env.disks_by_key.pop((ZONE, "box"))
+        env.disks_by_key[(ZONE, "box-data")].pop("users", None)
+    result = run("down", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "No VM named box; removing what is left of it." in result.stderr
+    assert result.stdout.splitlines() == [
+        "Deleted firewall rule gcpdl-ssh-box.",
+        "Kept data disk box-data (gcpdl down box --delete-data removes it).",
+    ]
+    assert env.firewalls() == [] and [d["name"] for d in env.disks()] == ["box-data"]
+    result = run("down", "box", "--yes", "--delete-data")
+    assert result.exit_code == 0 and env.disks() == []
+    assert run("down", "box", "--yes").exit_code == 1

@@ -70,9 +70,9 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
     _validate(name)
     compute = _compute(app, project)
 
-    def confirm(inst) -> bool:
+    def confirm(what: str) -> bool:
         extra = " and its data disk" if delete_data else ""
-        return click.confirm(f"Delete {inst.name} in {inst.zone}{extra}? This cannot be undone.", default=False, err=True)
+        return click.confirm(f"Delete {what}{extra}? This cannot be undone.", default=False, err=True)
 
     result = lifecycle.down(compute, name, delete_data=delete_data, confirm=None if yes else confirm, progress=app.say)
     from gcpdl.ssh.sshconfig import remove_host
@@ -86,7 +86,7 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
 
 
 def _render(r: dict) -> str:
-    lines = [f"Deleted {', '.join(r['deleted'])}."]
+    lines = [f"Deleted {', '.join(r['deleted'])}." if r["deleted"] else "Nothing to delete."]
     if r["kept"]:
         lines.append(f"Kept {', '.join(r['kept'])} (gcpdl down {r['name']} --delete-data removes it).")
     return "\n".join(lines)

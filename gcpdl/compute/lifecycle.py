@@ -467,16 +467,19 @@ def down(
     compute: Compute,
     name: str,
     delete_data: bool = False,
-    confirm: Callable[[Instance], bool] | None = None,
+    confirm: Callable[[str], bool] | None = None,
     now: Callable[[], float] = time.time,
     progress: Progress = _quiet,
 ) -> DownResult:
-    """Delete the VM and its boot disk and its firewall rule; keep NAME-data unless asked."""
+    """Delete the VM and its boot disk and its firewall rule; keep NAME-data unless asked.
+    ``confirm`` gets what is about to go ("box in us-central1-a") and may say no."""
     deadline = compute.new_deadline(DELETE_TIMEOUT, f"{name} to be deleted")
-    inst = require(compute, name, deadline)
+    inst = find(compute, name, deadline)
+    if inst is None:
+        return _down_leftovers(compute, name, delete_data, confirm, deadline, progress)
     if not inst.managed:
         raise InvalidInput(f"VM {name} was not created by gcpdl; delete it in the console if you mean to.")
-    if confirm is not None and not confirm(inst):
+    if confirm is not None and not confirm(f"{name} in {inst.zone}"):
         raise Aborted("Nothing deleted.")
     project, zone = compute.project, inst.zone
     data_disk = f"{name}-data"
@@ -501,6 +504,30 @@ def down(
         else:
             kept.append(f"data disk {data_disk}")
     return DownResult(name, zone, deleted, kept)
+
+
+def _down_leftovers(compute: Compute, name: str, delete_data: bool, confirm: Callable[[str], bool] | None,
+                    deadline: Deadline, progress: Progress) -> DownResult:
+    """The VM is gone (deleted in the console, or an `up` that died half-way): remove its SSH rule,
+    and its data disk if asked, so nothing gcpdl made for it lingers."""
+    rule = compute.get_or_none(fw.rule_path(compute.project, name), deadline)
+    disks = compute.aggregated("disks", deadline, filter=f"name = {name}-data")
+    disk_zone = next((z for z, items in disks.items() if items), None)
+    if rule is None and disk_zone is None:
+        raise NotFound(f"No VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
+    if rule is not None and confirm is not None and not confirm(f"what is left of {name} (its SSH firewall rule)"):
+        raise Aborted("Nothing deleted.")
+    progress(f"No VM named {name}; removing what is left of it.")
+    deleted, kept = [], []
+    if rule is not None and _delete_rule(compute, name, deadline):
+        deleted.append(f"firewall rule {rq.firewall_name(name)}")
+    if disk_zone is not None:
+        if delete_data:
+            compute.run(rq.disk_delete(compute.project, disk_zone, f"{name}-data"), deadline)
+            deleted.append(f"data disk {name}-data")
+        else:
+            kept.append(f"data disk {name}-data")
+    return DownResult(name, disk_zone or "", deleted, kept)
 
 
 def _delete_rule(compute: Compute, name: str, deadline: Deadline) -> bool:
