@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import queue as stdqueue
 import os
 import shutil
 import stat as statmod
@@ -30,6 +31,7 @@ from gcpdl.sync.url import GcsUrl
 from gcpdl.sync.verify import require_c_crc32c
 
 DEFAULT_JOBS = 64
+PAGES_AHEAD = 4  # listing pages fetched ahead of the planner
 PLAN_AHEAD = 50_000  # objects planned but not yet started; bounds memory (~150 B each)
 DEFAULT_STORAGE_ENDPOINT = "https://storage.googleapis.com"
 RECENT_FILES = 20_000  # file names remembered for file-vs-folder collision checks
@@ -288,10 +290,42 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
     slots = threading.Semaphore(max(2, PLAN_AHEAD // listing_mod.PAGE_SIZE))
     ready = asyncio.Event()
 
+    # Pages come one after another (each needs the previous nextPageToken), so the next page is
+    # fetched in its own thread while this one is planned: a re-sync costs max(listing, planning)
+    # rather than their sum.
+    raw: stdqueue.Queue = stdqueue.Queue(maxsize=PAGES_AHEAD)
+
+    def put_raw(item) -> bool:
+        while not run.abort.is_set():
+            try:
+                raw.put(item, timeout=0.2)
+                return True
+            except stdqueue.Full:
+                continue
+        return False
+
+    def fetch_pages() -> None:
+        try:
+            for page in pages:
+                if not put_raw(("page", page)):
+                    return
+            put_raw(("end", None))
+        except BaseException as e:
+            put_raw(("error", e))
+
+    def planned_pages():
+        yield first
+        while True:
+            kind, value = raw.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+
     def lister() -> None:
         try:
-            page_iter = itertools.chain([first], pages)
-            for page in page_iter:
+            for page in planned_pages():
                 if run.abort.is_set():
                     return
                 batch = run.plan_page(page, state)
@@ -310,7 +344,8 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
             loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
             loop.call_soon_threadsafe(ready.set)
 
-    thread = threading.Thread(target=lister, name="gcpdl-sync-listing", daemon=True)
+    threading.Thread(target=fetch_pages, name="gcpdl-sync-pages", daemon=True).start()
+    thread = threading.Thread(target=lister, name="gcpdl-sync-plan", daemon=True)
     thread.start()
     ticker = asyncio.ensure_future(_tick(run))
     try:
