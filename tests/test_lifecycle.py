@@ -20,6 +20,9 @@ def env(gcp, monkeypatch):
 
 
 def run(*args: str, input: str | None = None):
+    # `up` here stops at RUNNING: waiting for SSH/Jupyter is tested in test_up_ready.py
+    if args and args[0] == "up":
+        args = ("up", "--no-wait", *args[1:])
     return CliRunner().invoke(cli, list(args), input=input)
 
 
@@ -83,6 +86,11 @@ def test_down_deletes_vm_boot_disk_and_rule_but_keeps_data(env):
     ]
     assert env.instances() == [] and env.firewalls() == []
     assert [d["name"] for d in env.disks()] == ["box-data"]
+    # the kept disk still bills: say how much
+    from gcpdl.pricing import data_disk_reminder
+
+    dtype = env.disks()[0]["type"].rsplit("/", 1)[-1]
+    assert data_disk_reminder(100, dtype, "us-central1") in result.stderr
 
 
 def test_down_delete_data(env):

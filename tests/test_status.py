@@ -40,6 +40,13 @@ def test_status_json_lists_every_gcpdl_vm(three):
     assert 2 * 3600 <= a["uptime_s"] < 2 * 3600 + 600 and a["price_per_hour"] > 0
     assert (b["state"], b["gpu"], b["uptime_s"], b["price_per_hour"], b["autostop_reason"]) == ("TERMINATED", "l4", None, 0.0, "idle 60 min")
     assert (g["state"], g["spot"]) == ("PREEMPTED", True)
+    # running: spend since start = $/h x uptime; stopped: their disks still bill every month
+    assert a["spend_since_start"] == round(a["price_per_hour"] * a["uptime_s"] / 3600, 2)
+    assert a["disk_monthly"] is None
+    from gcpdl.pricing import disk_monthly
+
+    assert b["spend_since_start"] is None
+    assert b["disk_monthly"] == disk_monthly(100, "pd-standard", "europe-west4") > 0  # the disk's own type
     # one aggregatedList, then one read per stopped VM (guest attributes; operations for Spot)
     assert len(three.calls("compute.instances.aggregatedList")) == 1
 
@@ -48,7 +55,7 @@ def test_status_table(three):
     result = run("status")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "ZONE", "GPU", "IP", "UPTIME", "$/H"]
+    assert lines[0].split() == ["NAME", "STATE", "ZONE", "GPU", "IP", "UPTIME", "$/H", "SPENT", "DISKS", "$/MO"]
     assert lines[1].split()[:6] == ["alpha", "RUNNING", "us-central1-a", "t4:1", "34.1.2.3", "2h05m"]
     assert lines[3].split()[:3] == ["gamma", "PREEMPTED", "(spot)"]
     assert "beta: stopped by autostop (idle 60 min)" in lines

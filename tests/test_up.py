@@ -21,6 +21,9 @@ def env(gcp, monkeypatch):
 
 
 def run(*args: str, input: str | None = None):
+    # `up` here stops at RUNNING: waiting for SSH/Jupyter is tested in test_up_ready.py
+    if args and args[0] == "up":
+        args = ("up", "--no-wait", *args[1:])
     return CliRunner().invoke(cli, list(args), input=input)
 
 

@@ -22,6 +22,22 @@ def _validate(name: str) -> None:
     validate_name(name)
 
 
+def refresh_ssh_config(app: App, instances) -> None:
+    """Point `ssh NAME` (and scp, rsync, VS Code) at each running VM's current address.
+    Best effort: a failure here never fails the command."""
+    from gcpdl.errors import GcpdlError
+    from gcpdl.ssh.sshconfig import refresh_host
+
+    settings = app.settings()
+    for inst in instances:
+        if inst.status != "RUNNING" or not inst.external_ip or not inst.instance_id:
+            continue
+        try:
+            refresh_host(inst.name, inst.external_ip, inst.instance_id, user=settings.ssh_user, port=settings.ssh_port)
+        except (OSError, GcpdlError) as e:
+            app.warn(f"Could not update the ssh config entry for {inst.name}: {e}")
+
+
 def _row(inst) -> dict:
     return {"name": inst.name, "zone": inst.zone, "state": inst.state, "external_ip": inst.external_ip}
 
@@ -53,6 +69,7 @@ def start(app: App, name: str, project: str | None, as_json: bool) -> None:
     _validate(name)
     compute = _compute(app, project)
     inst = lifecycle.start(compute, name, progress=app.say)
+    refresh_ssh_config(app, [inst])  # a restarted VM usually has a new ephemeral address
     app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
 
 
@@ -75,6 +92,10 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
         return click.confirm(f"Delete {what}{extra}? This cannot be undone.", default=False, err=True)
 
     result = lifecycle.down(compute, name, delete_data=delete_data, confirm=None if yes else confirm, progress=app.say)
+    from gcpdl.pricing import data_disk_reminder, region_of
+
+    for size_gb, disk_type, zone in result.kept_disks:
+        app.say(data_disk_reminder(size_gb, disk_type, region_of(zone)))
     from gcpdl.ssh.sshconfig import remove_host
 
     try:

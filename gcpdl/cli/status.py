@@ -28,7 +28,11 @@ def status(app: App, name: str | None, project: str | None, as_json: bool) -> No
         validate_name(name)
     factory = app.factory(project=project)
     compute = Compute(factory, factory.project())
-    rows = [s.as_dict() for s in lifecycle.status(compute, name)]
+    found = lifecycle.status(compute, name)
+    from gcpdl.cli.lifecycle import refresh_ssh_config
+
+    refresh_ssh_config(app, [s.instance for s in found])
+    rows = [s.as_dict() for s in found]
     app.emit(rows, as_json, _render)
 
 
@@ -42,13 +46,15 @@ def _uptime(seconds: int | None) -> str:
 def _render(rows: list[dict]) -> str:
     if not rows:
         return "No gcpdl VMs. Create one with: gcpdl up NAME --gpu t4"
-    header = ("NAME", "STATE", "ZONE", "GPU", "IP", "UPTIME", "$/H")
+    header = ("NAME", "STATE", "ZONE", "GPU", "IP", "UPTIME", "$/H", "SPENT", "DISKS $/MO")
     table = [header]
     for r in rows:
         gpu = f"{r['gpu']}:{r['gpu_count']}" if r["gpu"] else "-"
         state = r["state"] + (" (spot)" if r["spot"] else "")
         table.append((r["name"], state, r["zone"], gpu, r["external_ip"] or "-", _uptime(r["uptime_s"]),
-                      f"{r['price_per_hour']:.2f}" if r["state"] == "RUNNING" else "-"))
+                      f"{r['price_per_hour']:.2f}" if r["state"] == "RUNNING" else "-",
+                      f"{r['spend_since_start']:.2f}" if r.get("spend_since_start") is not None else "-",
+                      f"{r['disk_monthly']:.2f}" if r.get("disk_monthly") is not None else "-"))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     for r in rows:

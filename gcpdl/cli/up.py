@@ -26,6 +26,8 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default 60m).")
 @click.option("--max-hours", type=float, metavar="N", help="Stop the VM after N hours of running, whatever happens.")
 @click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect.")
 @zone_option
 @project_option
 @yes_option
@@ -33,7 +35,7 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @dry_run_option
 @click.pass_obj
 def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk, spot,
-       autostop, max_hours, ssh_from, zone, project, yes, as_json, dry_run) -> None:
+       autostop, max_hours, ssh_from, wait, zone, project, yes, as_json, dry_run) -> None:
     """Create the VM NAME (or start it again if it is stopped) and print how to reach it.
 
     \b
@@ -90,7 +92,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         progress=app.say,
         confirm=None if yes else _confirm,
         confirm_above=settings.confirm_above,
-        # ready=...: the SSH/Jupyter readiness step (gcpdl.ssh.ready.wait_ready) plugs in here
+        ready=_ready_step(factory, app) if wait else None,
     )
     result = lifecycle.up(ctx, vm)
     if app.verbose:
@@ -98,6 +100,12 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     for diff in result.differences:
         app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
     app.emit(result.as_dict(), as_json, _render_result)
+
+
+def _ready_step(factory, app: App):
+    from gcpdl.ssh.ready import ready_hook
+
+    return ready_hook(factory, app.say)
 
 
 def _candidates(zone: str | None, zones: list[str]) -> list[str]:

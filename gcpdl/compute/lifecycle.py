@@ -458,9 +458,21 @@ class DownResult:
     zone: str
     deleted: list[str]
     kept: list[str]
+    kept_disks: list[tuple[int, str, str]] = field(default_factory=list)  # (size GB, type, zone): still billed
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "zone": self.zone, "deleted": self.deleted, "kept": self.kept}
+
+
+def _kept_disk(compute: Compute, zone: str, disk: str, deadline: Deadline) -> list[tuple[int, str, str]]:
+    """Size and type of a data disk `down` keeps, so the CLI can say what it costs a month."""
+    try:
+        d = compute.get_or_none(f"/compute/v1/projects/{compute.project}/zones/{zone}/disks/{disk}", deadline)
+    except GcpdlError:
+        return []
+    if not d:
+        return []
+    return [(int(d.get("sizeGb") or 0), (d.get("type") or "pd-balanced").rsplit("/", 1)[-1], zone)]
 
 
 def down(
@@ -503,6 +515,7 @@ def down(
             deleted.append(f"data disk {data_disk}")
         else:
             kept.append(f"data disk {data_disk}")
+            return DownResult(name, zone, deleted, kept, _kept_disk(compute, zone, data_disk, deadline))
     return DownResult(name, zone, deleted, kept)
 
 
@@ -527,6 +540,7 @@ def _down_leftovers(compute: Compute, name: str, delete_data: bool, confirm: Cal
             deleted.append(f"data disk {name}-data")
         else:
             kept.append(f"data disk {name}-data")
+            return DownResult(name, disk_zone, deleted, kept, _kept_disk(compute, disk_zone, f"{name}-data", deadline))
     return DownResult(name, disk_zone or "", deleted, kept)
 
 
@@ -547,6 +561,14 @@ class VmStatus:
     price_per_hour: float
     uptime_s: float | None
     autostop_reason: str | None = None
+    disk_monthly: float | None = None  # stopped VMs: what their disks still cost a month
+
+    @property
+    def spend_since_start(self) -> float | None:
+        """Running VMs: what this run has cost so far (price now x time since the last start)."""
+        if self.uptime_s is None:
+            return None
+        return round(self.price_per_hour * self.uptime_s / 3600.0, 2)
 
     def as_dict(self) -> dict[str, Any]:
         i = self.instance
@@ -561,6 +583,8 @@ class VmStatus:
             "external_ip": i.external_ip,
             "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
             "price_per_hour": self.price_per_hour,
+            "spend_since_start": self.spend_since_start,
+            "disk_monthly": self.disk_monthly,
             "autostop_reason": self.autostop_reason,
         }
 
@@ -572,12 +596,15 @@ def status(compute: Compute, name: str | None = None, now: Callable[[], float] =
         vms = [v for v in vms if v.name == name]
         if not vms:
             raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
-    stopped = [v for v in vms if v.status in ("TERMINATED", "STOPPED", "SUSPENDED")]
+    stopped = [v for v in vms if v.status in STOPPED_STATES]
     preempted: dict[str, Future] = {}
     reasons: dict[str, Future] = {}
+    disks: Future | None = None
     if stopped:
         # every extra read at once: status waits for one round trip after the list, not one per VM
-        with ThreadPoolExecutor(max_workers=min(8, 2 * len(stopped)), thread_name_prefix="gcpdl-status") as pool:
+        with ThreadPoolExecutor(max_workers=min(8, 2 * len(stopped) + 1), thread_name_prefix="gcpdl-status") as pool:
+            # stopped VMs still pay for their disks: the disks' own sizes and types price them
+            disks = pool.submit(_disks_by_zone, compute, deadline)
             for v in stopped:
                 reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
                 if v.spot:
@@ -587,11 +614,35 @@ def status(compute: Compute, name: str | None = None, now: Callable[[], float] =
     for v in vms:
         v.preempted = v.preempted or (v.name in preempted and preempted[v.name].result())
         reason = reasons[v.name].result() if v.name in reasons else None
-        out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason))
+        monthly = _disk_monthly(v, disks.result()) if disks is not None and v.status in STOPPED_STATES else None
+        out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason, monthly))
     return out
 
 
+def _disks_by_zone(compute: Compute, deadline: Deadline) -> dict[str, list[dict[str, Any]]] | None:
+    try:
+        return compute.aggregated("disks", deadline)
+    except GcpdlError:
+        return None  # best effort: status still answers without disk prices
+
+
+def _disk_monthly(inst: Instance, disks: dict[str, list[dict[str, Any]]] | None) -> float | None:
+    """Monthly price of the VM's own disks (boot, attached, and its NAME-data disk)."""
+    if disks is None:
+        return None
+    from gcpdl.pricing import disk_monthly
+
+    names = set(inst.disks) | {f"{inst.name}-data"}
+    total = 0.0
+    for d in disks.get(inst.zone, []):
+        if d.get("name") in names:
+            dtype = (d.get("type") or "pd-balanced").rsplit("/", 1)[-1]
+            total += disk_monthly(int(d.get("sizeGb") or 0), dtype, region_of(inst.zone))
+    return round(total, 2)
+
+
 AUTOSTOP_ATTRIBUTE = "gcpdl/autostop"
+STOPPED_STATES = ("TERMINATED", "STOPPED", "SUSPENDED")
 
 
 def _iso(value: str | None) -> float | None:

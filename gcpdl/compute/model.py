@@ -70,6 +70,7 @@ class Instance:
     tags: list[str] = field(default_factory=list)
     disks: list[str] = field(default_factory=list)  # disk names, boot first
     boot_disk_gb: int | None = None
+    instance_id: str | None = None  # the API's numeric id: keys gcpdl's known_hosts (IPs get reused)
     preempted: bool = False  # set from the last operation/status message when Spot was reclaimed
 
     @property
@@ -138,6 +139,7 @@ class Instance:
             tags=list((data.get("tags") or {}).get("items") or []),
             disks=[_last(d.get("source")) for d in sorted(disks, key=lambda d: not d.get("boot"))],
             boot_disk_gb=int(boot["diskSizeGb"]) if boot and boot.get("diskSizeGb") else None,
+            instance_id=str(data["id"]) if data.get("id") else None,
         )
 
 
