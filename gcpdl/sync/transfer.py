@@ -490,8 +490,10 @@ class Fetcher:
 
     async def _fetch_slice(self, name: str, generation: int, fd: int, start: int, end: int) -> int:
         async def sink(head: Head, reader, tm) -> int:
-            if head.status != 206 or (head.length is not None and head.length != end - start):
-                raise Gone(name) if head.status == 200 and head.length is not None and head.length != end - start else Retryable("range ignored")
+            if head.status != 206:
+                raise ObjectFailed(f"the server answered a ranged read with HTTP {head.status}, not 206")
+            if head.length is not None and head.length != end - start:
+                raise Retryable(f"slice of {head.length} bytes, expected {end - start}")
             crc = 0
             off = start
             got = 0
