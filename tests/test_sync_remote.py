@@ -44,17 +44,23 @@ def test_sync_on_vm_ships_the_wheel_once_and_streams_the_summary(vm, gcs, tmp_pa
 
 
 def test_the_only_running_vm_is_the_default(vm, gcs, tmp_path):
+    # ssh_vm's `box` is a labelled gcpdl VM; a stopped one and an unlabelled running one do not count
     vm.gcp.add_instance("other", status="TERMINATED", labels={"gcpdl": "managed"})
-    # `box` from ssh_vm carries no gcpdl label; this one is a gcpdl VM with the same sshd
-    vm.gcp.add_instance("mine", zone=vm.zone, status="RUNNING", nat_ip="127.0.0.1", labels={"gcpdl": "managed"},
-                        guest_attributes={"hostkeys": dict(vm.sshd.host_public_keys)})
+    vm.gcp.add_instance("not-ours", status="RUNNING")
     gcs.create_bucket("vmdata", public=True)
     gcs.put("vmdata", "d/a", b"on the vm")
     dest = tmp_path / "vm-disk"
     r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(dest)])
     assert r.exit_code == 0, r.stderr
-    assert f"Syncing gs://vmdata/d/ to mine:{dest}" in r.stderr
+    assert f"Syncing gs://vmdata/d/ to box:{dest}" in r.stderr
     assert (dest / "a").read_bytes() == b"on the vm"
+
+
+def test_several_running_vms_need_a_choice(vm, tmp_path):
+    vm.gcp.add_instance("second", status="RUNNING", labels={"gcpdl": "managed"})
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert r.stderr == "Error: Several gcpdl VMs are running (box, second). Pick one with --on NAME, or pass --local.\n"
 
 
 def test_no_running_vm_says_what_to_do(gcp, tmp_path):
