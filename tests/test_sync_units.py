@@ -175,3 +175,12 @@ def test_request_timeout_fires_and_can_be_pushed_back():
         return True
 
     assert asyncio.run(scenario())
+
+
+def test_sync_command_module_imports_no_google_library():
+    import subprocess
+    import sys
+
+    code = "import sys, gcpdl.cli.sync; print(sorted(m for m in sys.modules if m.startswith('google')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
