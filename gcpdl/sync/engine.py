@@ -75,7 +75,9 @@ def _identity(creds: Any) -> str:
     if creds is None:
         return "anonymous"
     email = getattr(creds, "service_account_email", None)
-    if email and email != "default":
+    if email == "default":  # GCE metadata credentials before their first refresh
+        return "the VM's service account"
+    if email:
         return email
     return getattr(creds, "account", None) or "your Google account (see: gcloud auth list)"
 
