@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 from gcpdl import pricing
+from gcpdl.compute.model import _last
+from gcpdl.compute.model import _parse_time as _time
 
 if TYPE_CHECKING:  # pragma: no cover
     from gcpdl.compute.adapter import Compute
@@ -200,19 +202,6 @@ def run_intervals(
 
 
 # --- the report ----------------------------------------------------------------------------------
-def _last(url: str | None) -> str:
-    return (url or "").rstrip("/").rsplit("/", 1)[-1]
-
-
-def _time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def _iso(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
