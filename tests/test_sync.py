@@ -390,3 +390,44 @@ def test_progress_lines_on_a_pipe(gcs, tmp_path, monkeypatch):
     assert r.exit_code == 0
     assert "2/2 files, 0.0 MB/0.0 MB," in r.stderr and "(0 up to date)" in r.stderr
     assert json.loads(r.stdout)["files"] == 2  # stdout stays clean JSON
+
+
+def test_unreachable_data_endpoint_fails_objects_not_the_disk(gcs, tmp_path):
+    """Listing works but every media connection is refused: objects fail after retries with a
+    clear reason, nothing is written, and it is not mistaken for a disk error."""
+    from gcpdl.clients import ClientFactory
+    from gcpdl.settings import resolve
+    from gcpdl.sync.engine import SyncOptions, run_sync as engine_sync
+    from gcpdl.sync.url import parse_gs_url
+    from tests.fixtures.ports import free_port
+
+    gcs.create_bucket("dset", public=True)
+    gcs.put("dset", "d/a", b"a")
+
+    class SplitFactory(ClientFactory):
+        storage_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+        def storage(self, *args, **kwargs):  # listing still goes to the stand-in
+            return ClientFactory(resolve()).storage(*args, **kwargs)
+
+    opts = SyncOptions(source=parse_gs_url("gs://dset/d"), dest=tmp_path / "o", retry_base=0.001)
+    s = engine_sync(opts, SplitFactory(resolve()))
+    assert s.failed == 1 and s.files == 0
+    assert s.failures[0].name == "d/a"
+    assert s.failures[0].reason.startswith("gave up after 6 attempts (ConnectionRefusedError")
+    assert not (tmp_path / "o" / "a").exists()
+
+
+def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
+    from tests.fixtures.ports import free_port
+
+    port = free_port()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr("gcpdl.sync.listing.LIST_RETRY_S", 0.2)
+    r = run_sync("gs://dset/d", str(tmp_path / "o"))
+    _assert_error(
+        r, 1,
+        f"Error: Cannot list gs://dset at http://127.0.0.1:{port}: ConnectionError. Check the network, and"
+        " GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST if set.",
+        tmp_path / "o",
+    )

@@ -15,6 +15,8 @@ from gcpdl.sync.verify import decode_gcs_crc
 PAGE_SIZE = 1000  # the API's maximum
 LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash),nextPageToken"
 VIEWER_ROLE = "roles/storage.objectViewer"
+PAGE_TIMEOUT = (10.0, 60.0)  # connect, read: seconds for one listing page
+LIST_RETRY_S = 30.0  # total time one page may spend in retries (429/5xx/connection errors)
 
 
 class ObjectRecord(NamedTuple):
@@ -29,8 +31,18 @@ def iter_pages(client: Any, bucket: str, prefix: str, user_project: str | None =
     """Yield lists of ObjectRecord, one per listing page, in name order."""
     from google.api_core import exceptions as gexc
 
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
     bucket_ref = client.bucket(bucket, user_project=user_project)
-    it = client.list_blobs(bucket_ref, prefix=prefix or None, page_size=PAGE_SIZE, fields=LIST_FIELDS)
+    it = client.list_blobs(
+        bucket_ref,
+        prefix=prefix or None,
+        page_size=PAGE_SIZE,
+        fields=LIST_FIELDS,
+        timeout=PAGE_TIMEOUT,
+        # the library's default keeps retrying a dead endpoint for 120 s; say so sooner
+        retry=DEFAULT_RETRY.with_timeout(LIST_RETRY_S),
+    )
     pages = it.pages
     while True:
         try:
@@ -42,7 +54,12 @@ def iter_pages(client: Any, bucket: str, prefix: str, user_project: str | None =
         except Exception as e:  # requests' connection errors and the like, after the library's retries
             if isinstance(e, GcpdlError):
                 raise
-            raise SyncError(f"Cannot list gs://{bucket}: {type(e).__name__}: {_first_line(str(e))}") from None
+            cause = getattr(e, "cause", None) or e
+            raise SyncError(
+                f"Cannot list gs://{bucket} at {getattr(client._connection, 'API_BASE_URL', 'the storage endpoint')}: "
+                f"{type(cause).__name__}.",
+                fix="Check the network, and GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST if set.",
+            ) from None
         items = (page.raw_page or {}).get("items") or ()
         yield [
             ObjectRecord(

@@ -325,11 +325,12 @@ class Fetcher:
         """One GET. ``sink(head, reader)`` consumes a 2xx body. Returns sink's value."""
         await self.limiter.take()
         auth = await self.auth.header(force=force_auth)
-        conn = await self.pool.get()
-        reader, writer = conn
+        conn = None
         reusable = False
         try:
             async with _Timeout(REQUEST_TIMEOUT) as tm:
+                conn = await self.pool.get()  # a refused or reset connect is retried like the rest
+                reader, writer = conn
                 self.requests += 1
                 writer.write(self._request(name, generation, rng, auth))
                 head = await read_head(reader)
@@ -349,10 +350,11 @@ class Fetcher:
         except TimeoutError:
             raise Retryable(f"no data for {REQUEST_TIMEOUT:g}s") from None
         finally:
-            if reusable:
-                self.pool.put(conn)
-            else:
-                writer.close()
+            if conn is not None:
+                if reusable:
+                    self.pool.put(conn)
+                else:
+                    conn[1].close()
 
     def _raise_for(self, status: int, body: bytes, name: str) -> None:
         if status in RETRY_STATUSES:
