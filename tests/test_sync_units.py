@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 
 import google_crc32c
@@ -184,3 +183,19 @@ def test_sync_command_module_imports_no_google_library():
     code = "import sys, gcpdl.cli.sync; print(sorted(m for m in sys.modules if m.startswith('google')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_refuses_to_run_without_the_c_crc32c(monkeypatch, tmp_path):
+    import google_crc32c
+    from click.testing import CliRunner
+
+    from gcpdl.cli.app import cli
+
+    monkeypatch.setattr(google_crc32c, "implementation", "python")
+    r = CliRunner().invoke(cli, ["sync", "gs://dset/d", str(tmp_path / "o"), "--local"])
+    assert r.exit_code == 1
+    assert r.stderr == (
+        "Error: google-crc32c has no C extension on this machine, so checksums would be too slow to verify every"
+        " object. Reinstall it from a wheel: pip install --force-reinstall --only-binary=:all: google-crc32c\n"
+    )
+    assert not (tmp_path / "o").exists()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from gcpdl.errors import CredentialsError, GcpdlError, InvalidInput, SyncError
+from gcpdl.errors import CredentialsError, InvalidInput, SyncError
 from gcpdl.sync import listing as listing_mod
 from gcpdl.sync.paths import STATE_DIRNAME, Filters, Unsafe, relative_path
 from gcpdl.sync.progress import Failure, Progress, SyncSummary
