@@ -431,3 +431,20 @@ def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
         " GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST if set.",
         tmp_path / "o",
     )
+
+
+@pytest.mark.timeout(60)
+def test_many_small_batches_do_not_stall_before_downloads_start(gcs, tmp_path, monkeypatch):
+    """Downloads start once PLAN_AHEAD objects are planned or the listing ends, and also when
+    the planner runs out of batch slots first (many pages with little to fetch)."""
+    import gcpdl.sync.engine as engine
+    import gcpdl.sync.listing as listing
+
+    gcs.create_bucket("dset", public=True)
+    gcs.generate("dset", "d/", count=1100, size=10, seed=3)
+    dest = str(tmp_path / "o")
+    assert sync_json("gs://dset/d", dest, "--exclude", "*[13579]")["files"] == 550
+    monkeypatch.setattr(listing, "PAGE_SIZE", 2)  # pages of (even: done, odd: to fetch)
+    monkeypatch.setattr(engine, "PLAN_AHEAD", 1000)  # 500 batch slots, and 550 to plan: never reached
+    s = sync_json("gs://dset/d", dest)
+    assert (s["files"], s["skipped"]) == (550, 550)

@@ -332,9 +332,13 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
                     return
                 batch = run.plan_page(page, state)
                 if batch:
-                    while not slots.acquire(timeout=0.2):
-                        if run.abort.is_set():
-                            return
+                    if not slots.acquire(blocking=False):
+                        # every slot is taken: start the downloads now (they free the slots),
+                        # or many small batches would wait forever for PLAN_AHEAD
+                        loop.call_soon_threadsafe(ready.set)
+                        while not slots.acquire(timeout=0.2):
+                            if run.abort.is_set():
+                                return
                     loop.call_soon_threadsafe(queue.put_nowait, ("batch", batch))
                 if run.planned_files >= PLAN_AHEAD and not ready.is_set():
                     loop.call_soon_threadsafe(ready.set)
