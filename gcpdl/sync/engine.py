@@ -71,6 +71,13 @@ def file_crc32c(path: str) -> int:
             crc = google_crc32c.extend(crc, chunk)
 
 
+def _crc_or_none(path: str) -> int | None:
+    try:
+        return file_crc32c(path)
+    except OSError:  # unreadable: fetching it again will say what is wrong
+        return None
+
+
 def _identity(creds: Any) -> str:
     if creds is None:
         return "anonymous"
@@ -211,7 +218,7 @@ class _Run:
                     continue
                 # No row (a crash before the batch was committed, or a DEST filled another way):
                 # the bytes decide, and reading them is cheaper than fetching them again.
-                if rec.crc32c is not None and file_crc32c(path) == rec.crc32c:
+                if rec.crc32c is not None and _crc_or_none(path) == rec.crc32c:
                     state.record(rel, rec.generation, rec.size, rec.crc32c, st.st_mtime_ns)
                     s.skipped += 1
                     continue
