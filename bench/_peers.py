@@ -4,6 +4,7 @@ its peak RSS and it does not share a GIL with the server or the bench).
   python bench/_peers.py ceiling --url URL --bucket B --names FILE [--slice BYTES --size BYTES] [--conns 64]
   python bench/_peers.py list    --url URL --bucket B --prefix P
   python bench/_peers.py tm      --bucket B --prefix P --dest DIR [--workers 32]
+  python bench/_peers.py disk    --bucket B --dest DIR --count N --size BYTES [--workers 4]
 
 Each prints one JSON line: {"files": N, "bytes": N, "seconds": S}.
 
@@ -171,9 +172,34 @@ def transfer_manager(args) -> dict:
     return {"files": len(blobs), "bytes": sum(s for _, s in blobs), "seconds": time.monotonic() - t0}
 
 
+def disk(args) -> dict:
+    """Local write capacity for the large workload: the same bytes, written by 4 threads in 16 MiB
+    pwrites to preallocated files under DEST (no network, no checksum). A sync of large objects
+    cannot beat the disk it writes to, whatever the server's capacity."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunk = bytes(16 << 20)
+    t0 = time.monotonic()
+
+    def write(i: int) -> None:
+        fd = os.open(os.path.join(args.dest, f"f{i}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, args.size)
+            for off in range(0, args.size, len(chunk)):
+                os.pwrite(fd, chunk[: min(len(chunk), args.size - off)], off)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max_workers=args.workers) as ex:
+        list(ex.map(write, range(args.count)))
+    return {"files": args.count, "bytes": args.count * args.size, "seconds": time.monotonic() - t0}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["ceiling", "list", "tm"])
+    ap.add_argument("mode", choices=["ceiling", "list", "tm", "disk"])
+    ap.add_argument("--count", type=int, default=0)
     ap.add_argument("--url")
     ap.add_argument("--bucket", required=True)
     ap.add_argument("--prefix", default="")
@@ -184,7 +210,7 @@ def main(argv=None) -> None:
     ap.add_argument("--dest")
     ap.add_argument("--workers", type=int, default=32)
     args = ap.parse_args(argv)
-    out = {"ceiling": ceiling, "list": listing, "tm": transfer_manager}[args.mode](args)
+    out = {"ceiling": ceiling, "list": listing, "tm": transfer_manager, "disk": disk}[args.mode](args)
     sys.stdout.write(json.dumps(out) + "\n")
 
 

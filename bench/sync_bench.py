@@ -151,7 +151,7 @@ class Bench:
                 r.extra = {k: summary.get(k) for k in ("files", "skipped", "retries", "requests")}
             except ValueError:
                 pass
-        if rc == 0 and (tool.startswith(("ceiling", "listing", "raw GET"))):
+        if rc == 0 and (tool.startswith(("ceiling", "listing", "raw GET", "disk"))):
             got = json.loads(out.strip().splitlines()[-1])
             r.engine_seconds = got["seconds"]
             if (got["files"], got["bytes"]) != expect:
@@ -213,6 +213,14 @@ class Bench:
         self.log(f"({'a' if wl == 'small' else 'b'}) {wl}: {len(names)} x {size >> 10} KB")
         if "ceiling" in self.peers:
             self.ceiling(wl, names, size, slice_size)
+        if "disk" in self.peers and wl == "large":
+            dest = fresh(self.work / f"{wl}-disk")
+            cmd = [PY, str(ROOT / "bench" / "_peers.py"), "disk", "--bucket", BUCKET, "--dest", str(dest),
+                   "--count", str(len(names)), "--size", str(size), "--workers", "4"]
+            r = self._tool(wl, "disk write (no network)", cmd, self.env, dest, expect)
+            if r.ok and r.engine_seconds:
+                r.wall = r.engine_seconds
+            shutil.rmtree(dest, ignore_errors=True)
         if "gcpdl" in self.peers:
             self.gcpdl(wl, f"{wl}/", fresh(self.work / f"{wl}-gcpdl"), expect)
         if "rclone" in self.peers:
@@ -348,6 +356,9 @@ def report(results: list[Result], scale: Scale, meta: dict) -> str:
 
     ratio_line("(a) small", "small", 1.5, 0.85)
     ratio_line("(b) large", "large", 1.0, 0.80)
+    g, dk = find(results, "large", "gcpdl"), find(results, "large", "disk write (no network)")
+    if g and dk:
+        lines.append(f"      (b) for context: gcpdl at {dk.wall / g.wall * 100:.0f}% of this disk's write speed ({dk.mb_s:.0f} MB/s, no network)")
     g, li = find(results, "noop", "gcpdl re-sync"), find(results, "noop", "listing")
     if g and li:
         x = g.wall / li.wall
@@ -401,7 +412,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: 2,000 x 64 KB, 2 x 64 MB, 10,000 no-op, 20,000 RSS")
     ap.add_argument("--latency", type=float, default=0.02, help="seconds the server adds to every request (default 0.02)")
     ap.add_argument("--only", default="cap,a,b,c,d", help="workloads to run, e.g. a,c (cap: the server's capacity without latency)")
-    ap.add_argument("--peers", default="ceiling,gcpdl,rclone,tm,gsutil", help="tools to run")
+    ap.add_argument("--peers", default="ceiling,disk,gcpdl,rclone,tm,gsutil", help="tools to run (disk: local write capacity, large workload)")
     ap.add_argument("--work", type=Path, default=OUT / "work", help="where downloads land (removed after each workload)")
     ap.add_argument("--server", choices=["standin", "emulator"], default="standin",
                     help="emulator: workload (a) on gcp-storage-emulator, like the issue's reference figures")
