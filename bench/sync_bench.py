@@ -137,7 +137,7 @@ class Bench:
               stdin: str | None = None) -> Result:
         rc, wall, rss, out, err = run_timed(cmd, env, stdin)
         r = Result(workload, tool, expect[0], expect[1], wall, rss)
-        (OUT / f"{workload}-{tool}.log").write_text(f"$ {' '.join(cmd)}\nrc={rc}\n--- stdout\n{out[-20000:]}\n--- stderr\n{err[-20000:]}")
+        (OUT / re.sub(r"[^\w.-]+", "_", f"{workload}-{tool}.log")).write_text(f"$ {' '.join(cmd)}\nrc={rc}\n--- stdout\n{out[-20000:]}\n--- stderr\n{err[-20000:]}")
         if rc != 0:
             r.ok, r.note = False, f"exit {rc}: {(err.strip().splitlines() or ['?'])[-1][:160]}"
         elif dest is not None:
