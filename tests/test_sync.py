@@ -448,3 +448,29 @@ def test_many_small_batches_do_not_stall_before_downloads_start(gcs, tmp_path, m
     monkeypatch.setattr(engine, "PLAN_AHEAD", 1000)  # 500 batch slots, and 550 to plan: never reached
     s = sync_json("gs://dset/d", dest)
     assert (s["files"], s["skipped"]) == (550, 550)
+
+
+def test_abort_while_the_listing_is_still_running(gcs, tmp_path, monkeypatch):
+    """A run-wide error (here: no space, seen once the listing outgrows PLAN_AHEAD) while pages
+    are still coming stops every thread; what finished is kept whole, no part file is left."""
+    import gcpdl.sync.engine as engine
+    import gcpdl.sync.listing as listing
+    from gcpdl.clients import ClientFactory
+    from gcpdl.errors import SyncError
+    from gcpdl.settings import resolve
+    from gcpdl.sync.url import parse_gs_url
+
+    monkeypatch.setattr(listing, "PAGE_SIZE", 5)
+    monkeypatch.setattr(engine, "PLAN_AHEAD", 10)  # start downloads after two pages
+    gcs.create_bucket("dset", public=True)
+    gcs.generate("dset", "d/", count=400, size=100, seed=3)
+    gcs.faults(latency=0.005)
+    opts = engine.SyncOptions(source=parse_gs_url("gs://dset/d"), dest=tmp_path / "o", disk_free=lambda p: 1500)
+    with pytest.raises(SyncError) as e:
+        engine.run_sync(opts, ClientFactory(resolve()))
+    assert e.value.message.startswith(f"Not enough space on {tmp_path / 'o'}: ")
+    kept = tree(tmp_path / "o")
+    assert len(kept) < 400
+    for rel, data in kept.items():
+        assert data == gcs.object_bytes("dset", "d/" + rel)
+    assert os.listdir(tmp_path / "o" / ".gcpdl" / "parts") == []

@@ -26,7 +26,7 @@ from gcpdl.errors import CredentialsError, InvalidInput, SyncError
 from gcpdl.sync import listing as listing_mod
 from gcpdl.sync.paths import STATE_DIRNAME, Filters, Unsafe, relative_path
 from gcpdl.sync.progress import Failure, Progress, SyncSummary
-from gcpdl.sync.state import ReadOnlyState, State, clear_parts
+from gcpdl.sync.state import ReadOnlyState, SeenNames, State, clear_parts
 from gcpdl.sync.url import GcsUrl
 from gcpdl.sync.verify import require_c_crc32c
 
@@ -118,7 +118,7 @@ class _Run:
         self.planned_files = 0
         self.planned_bytes = 0
         self.listing_done = False
-        self.seen: set[str] | None = set() if opts.delete else None
+        self.seen: SeenNames | None = SeenNames() if opts.delete else None
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
         # written by the loop
@@ -275,6 +275,8 @@ def run_sync(
     finally:
         run.abort.set()
         state.close()
+        if run.seen is not None:
+            run.seen.close()
         if not opts.dry_run:
             clear_parts(parts)
             if not ok and created_dest and run.summary.files == 0:
@@ -325,12 +327,23 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
     def planned_pages():
         yield first
         while True:
-            kind, value = raw.get()
+            try:
+                kind, value = raw.get(timeout=0.2)
+            except stdqueue.Empty:
+                if run.abort.is_set():
+                    return
+                continue
             if kind == "end":
                 return
             if kind == "error":
                 raise value
             yield value
+
+    def post(fn, *args) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop has finished (an abort): nobody is listening
+            pass
 
     def lister() -> None:
         try:
@@ -342,20 +355,20 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
                     if not slots.acquire(blocking=False):
                         # every slot is taken: start the downloads now (they free the slots),
                         # or many small batches would wait forever for PLAN_AHEAD
-                        loop.call_soon_threadsafe(ready.set)
+                        post(ready.set)
                         while not slots.acquire(timeout=0.2):
                             if run.abort.is_set():
                                 return
-                    loop.call_soon_threadsafe(queue.put_nowait, ("batch", batch))
+                    post(queue.put_nowait, ("batch", batch))
                 if run.planned_files >= PLAN_AHEAD and not ready.is_set():
-                    loop.call_soon_threadsafe(ready.set)
+                    post(ready.set)
             run.listing_done = True
-            loop.call_soon_threadsafe(ready.set)
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+            post(ready.set)
+            post(queue.put_nowait, ("done", None))
         except BaseException as e:  # handed to the loop, which raises it
             run.listing_done = True
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
-            loop.call_soon_threadsafe(ready.set)
+            post(queue.put_nowait, ("error", e))
+            post(ready.set)
 
     threading.Thread(target=fetch_pages, name="gcpdl-sync-pages", daemon=True).start()
     thread = threading.Thread(target=lister, name="gcpdl-sync-plan", daemon=True)
@@ -537,7 +550,9 @@ def _unlink(path: str) -> None:
 def _delete_extraneous(run: _Run, state: Any) -> None:
     """--delete: remove files under DEST that the listing did not name. Never the state dir,
     never anything the filters exclude, never outside DEST (os.walk does not follow links)."""
-    seen = run.seen or set()
+    seen = run.seen
+    if seen is None:
+        return
     dest = run.dest
     touched: set[str] = set()
     for root, dirs, files in os.walk(dest):

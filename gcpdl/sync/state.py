@@ -168,3 +168,24 @@ class ReadOnlyState:
     def close(self) -> None:
         if self._r is not None:
             self._r.close()
+
+
+class SeenNames:
+    """Every path the listing named, for --delete. A set would cost ~100 B of RAM per object
+    (900 MB for 9 million); this is a private temporary SQLite file instead."""
+
+    def __init__(self) -> None:
+        self._conn = sqlite3.connect("", check_same_thread=False)  # "" = a private temp file
+        self._conn.execute("PRAGMA journal_mode=OFF")
+        self._conn.execute("PRAGMA synchronous=OFF")
+        self._conn.execute("CREATE TABLE seen (path TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def update(self, paths: Iterable[str]) -> None:
+        with self._conn:
+            self._conn.executemany("INSERT OR IGNORE INTO seen VALUES (?)", ((p,) for p in paths))
+
+    def __contains__(self, path: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM seen WHERE path = ?", (path,)).fetchone() is not None
+
+    def close(self) -> None:
+        self._conn.close()
