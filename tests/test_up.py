@@ -483,3 +483,14 @@ def test_rule_created_meanwhile_by_another_laptop_is_patched(env):
     assert created is False
     (rule,) = env.firewalls()
     assert rule["sourceRanges"] == ["203.0.113.7/32"]
+
+
+def test_missing_credentials_is_the_first_thing_said(monkeypatch):
+    """No ADC and no network: the credentials error comes before the public-IP lookup."""
+    monkeypatch.setenv("GCPDL_PROJECT", "p")
+    result = run("up", "box", "--gpu", "t4", "--zone", "us-central1-a", "--yes")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: No Google credentials found (Your default credentials were not found). "
+        "Run: gcloud auth application-default login\n"
+    )

@@ -83,6 +83,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     prefetch()
     factory = app.factory(project=project, zone=zone)
     compute = Compute(factory, factory.project())
+    factory.credentials()  # missing credentials is the likelier problem: say so before any lookup
     if source is None:
         source = firewall.ssh_source(None)
     ctx = lifecycle.UpContext(
