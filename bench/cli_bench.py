@@ -104,7 +104,7 @@ def main() -> None:
         fake.reset()
         fake.latency = args.latency
         fake.operation_polls = args.polls
-        walls.append(timed(GCPDL + ["up", f"bench{i}", "--gpu", "t4", "--yes"], env))
+        walls.append(timed(GCPDL + ["up", f"bench{i}", "--gpu", "t4", "--yes", "--no-wait"], env))
         calls.append(len([r for r in fake.requests if r.method_id]))
     critical = (3 + args.polls) * args.latency
     wall = statistics.median(walls)
@@ -114,7 +114,7 @@ def main() -> None:
     fake.reset()
     fake.latency = 0
     fake.operation_polls = 1
-    t0 = [timed(GCPDL + ["up", f"zero{i}", "--gpu", "t4", "--yes"], env) for i in range(2)]
+    t0 = [timed(GCPDL + ["up", f"zero{i}", "--gpu", "t4", "--yes", "--no-wait"], env) for i in range(2)]
     rows.append(("gcpdl up --gpu t4 (no latency)", f"{statistics.median(t0):.2f} s", "", "pure client-side cost"))
     fake.stop()
 
