@@ -372,7 +372,8 @@ def test_firewall_lifecycle(gcp, factory):
                                source_ranges=["203.0.113.7/32"], target_tags=["gcpdl"])
     op = fws.insert(project="test-project", firewall_resource=rule)
     assert ops.wait(project="test-project", operation=op.name).status.name == "DONE"
-    op = fws.patch(project="test-project", firewall="gcpdl-ssh", firewall_resource=compute_v1.Firewall(source_ranges=["198.51.100.9/32"]))
+    narrower = compute_v1.Firewall(source_ranges=["198.51.100.9/32"])  # firewalls.patch, the real API call
+    op = fws.patch(project="test-project", firewall="gcpdl-ssh", firewall_resource=narrower)
     ops.wait(project="test-project", operation=op.name)
     got = fws.get(project="test-project", firewall="gcpdl-ssh")
     assert list(got.source_ranges) == ["198.51.100.9/32"] and got.allowed[0].ports == ["22"]
