@@ -33,3 +33,15 @@ def test_status_refreshes_the_ssh_config_entry(ssh_vm):
     result = CliRunner().invoke(cli, ["status", "--json"])
     assert result.exit_code == 0, result.output
     assert has_host("box")
+
+
+def test_after_status_plain_ssh_works_on_a_vm_this_laptop_never_reached(ssh_vm, isolated_env):
+    """A VM made on another laptop: `status` writes its Host block AND pins the host keys the VM
+    published, so `ssh box` (StrictHostKeyChecking yes) works without gcpdl connecting first."""
+    import subprocess
+
+    result = CliRunner().invoke(cli, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    r = subprocess.run(["ssh", "-F", str(isolated_env / ".ssh" / "config"), "-o", "BatchMode=yes", "box", "echo", "hi"],
+                       capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
