@@ -4,10 +4,6 @@ real environment: HOME, config dirs, Google/gcloud env vars, the GCE metadata se
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 pytest_plugins = [
     "tests.fixtures.isolation",
     "tests.fixtures.jupyter",

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from click.testing import CliRunner
 
 from gcpdl import pricing
-from gcpdl.cli.app import cli
 from gcpdl.cost import Interval, cost_report, run_intervals
 
+from tests.helpers import run
+
 H = 3600.0
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
 
 
 # --- run history arithmetic ----------------------------------------------------------------------

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from click.testing import CliRunner
 
-from gcpdl.cli.app import cli
 from gcpdl.jupyter import parse_server_list, redact
 from tests.fixtures.ports import free_port
 
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
+from tests.helpers import run
 
 
 def _start(*args: str) -> subprocess.Popen:

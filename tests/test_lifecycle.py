@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from click.testing import CliRunner
-
-from gcpdl.cli.app import cli
-
-ZONE = "us-central1-a"
 
 
-@pytest.fixture
-def env(gcp, monkeypatch):
-    monkeypatch.setenv("GCPDL_MY_IP", "203.0.113.7")
-    monkeypatch.setenv("GCPDL_ZONE", ZONE)
-    return gcp
+from tests.helpers import ZONE, run
 
 
-def run(*args: str, input: str | None = None):
-    # `up` here stops at RUNNING: waiting for SSH/Jupyter is tested in test_up_ready.py
-    if args and args[0] == "up":
-        args = ("up", "--no-wait", *args[1:])
-    return CliRunner().invoke(cli, list(args), input=input)
 
 
 def runlog(fake, zone=ZONE, name="box") -> list[str]:

@@ -6,14 +6,10 @@ import os
 import subprocess
 import sys
 
-from click.testing import CliRunner
 
-from gcpdl.cli.app import cli
 from gcpdl.ssh import hostkeys, sshconfig
 
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
+from tests.helpers import run
 
 
 def test_command_output_and_exit_code(ssh_vm):

@@ -8,13 +8,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from click.testing import CliRunner
 
-from gcpdl.cli.app import cli
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, list(args))
+from tests.helpers import run
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from gcpdl.cli.app import cli
 
+from tests.helpers import tree
+
 
 def run_sync(*args: str):
     result = CliRunner().invoke(cli, ["sync", *args, "--local", "--retry-base", "0.005"])
@@ -22,17 +24,6 @@ def sync_json(*args: str) -> dict:
     result = run_sync(*args, "--json")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     return json.loads(result.stdout)
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        if Path(dirpath) == root and ".gcpdl" in dirs:
-            dirs.remove(".gcpdl")
-        for f in files:
-            p = Path(dirpath, f)
-            out[str(p.relative_to(root))] = p.read_bytes()
-    return out
 
 
 def media(gcs) -> int:

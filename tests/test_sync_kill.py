@@ -15,18 +15,9 @@ from click.testing import CliRunner
 
 from gcpdl.cli.app import cli
 
+from tests.helpers import local_files as _files
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _files(dest: Path) -> dict[str, Path]:
-    out = {}
-    for dirpath, dirs, files in os.walk(dest):
-        if Path(dirpath) == dest and ".gcpdl" in dirs:
-            dirs.remove(".gcpdl")
-        for f in files:
-            p = Path(dirpath, f)
-            out[str(p.relative_to(dest))] = p
-    return out
 
 
 def test_kill_minus_9_then_rerun_fetches_only_the_unfinished(gcs, tmp_path):

@@ -17,7 +17,7 @@ def test_up_on_a_running_vm_waits_for_ssh_and_jupyter(ssh_vm, monkeypatch):
     assert "ssh box" in result.output
     assert "gcpdl jupyter box" in result.output
     assert has_host("box")
-    assert f"HostName 127.0.0.1" in managed_path().read_text()
+    assert "HostName 127.0.0.1" in managed_path().read_text()
 
 
 def test_up_reports_the_startup_scripts_failure(ssh_vm, monkeypatch):
