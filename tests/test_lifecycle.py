@@ -20,7 +20,8 @@ def test_stop_then_start_keeps_a_run_log(env):
     assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
     result = run("stop", "box", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"name": "box", "zone": ZONE, "state": "TERMINATED", "external_ip": "127.0.0.1"}
+    assert json.loads(result.stdout) == {"name": "box", "zone": ZONE, "state": "TERMINATED", "external_ip": "127.0.0.1",
+                                         "machine_type": "n1-standard-8", "gpu": "t4", "gpu_count": 1, "spot": False}
     assert [line.split()[0] for line in runlog(env)] == ["start", "stop"]
     result = run("start", "box")
     assert result.exit_code == 0, result.output

@@ -46,10 +46,6 @@ def refresh_ssh_config(app: App, instances) -> None:
             app.warn(f"Could not update the ssh config entry for {inst.name}: {e}")
 
 
-def _row(inst) -> dict:
-    return {"name": inst.name, "zone": inst.zone, "state": inst.state, "external_ip": inst.external_ip}
-
-
 @click.command()
 @name_argument
 @project_option
@@ -62,7 +58,7 @@ def stop(app: App, name: str, project: str | None, as_json: bool) -> None:
     _validate(name)
     compute = _compute(app, project)
     inst = lifecycle.stop(compute, name, progress=app.say)
-    app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}")
+    app.emit(inst.summary(), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}")
 
 
 @click.command()
@@ -78,7 +74,7 @@ def start(app: App, name: str, project: str | None, as_json: bool) -> None:
     compute = _compute(app, project)
     inst = lifecycle.start(compute, name, progress=app.say)
     refresh_ssh_config(app, [inst])  # a restarted VM usually has a new ephemeral address
-    app.emit(_row(inst), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
+    app.emit(inst.summary(), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
 
 
 @click.command()

@@ -571,16 +571,8 @@ class VmStatus:
         return round(self.price_per_hour * self.uptime_s / 3600.0, 2)
 
     def as_dict(self) -> dict[str, Any]:
-        i = self.instance
         return {
-            "name": i.name,
-            "zone": i.zone,
-            "state": i.state,
-            "machine_type": i.machine_type,
-            "gpu": i.gpu,
-            "gpu_count": i.gpu_count,
-            "spot": i.spot,
-            "external_ip": i.external_ip,
+            **self.instance.summary(),
             "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
             "price_per_hour": self.price_per_hour,
             "spend_since_start": self.spend_since_start,

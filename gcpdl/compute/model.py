@@ -73,6 +73,19 @@ class Instance:
     instance_id: str | None = None  # the API's numeric id: keys gcpdl's known_hosts (IPs get reused)
     preempted: bool = False  # set from the last operation/status message when Spot was reclaimed
 
+    def summary(self) -> dict[str, Any]:
+        """The fields every command's --json shows for a VM, with the same keys everywhere."""
+        return {
+            "name": self.name,
+            "zone": self.zone,
+            "state": self.state,
+            "machine_type": self.machine_type,
+            "gpu": self.gpu,
+            "gpu_count": self.gpu_count,
+            "spot": self.spot,
+            "external_ip": self.external_ip,
+        }
+
     @property
     def managed(self) -> bool:
         return self.labels.get("gcpdl") == "managed"
@@ -165,17 +178,9 @@ class UpResult:
     api_calls: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        inst = self.instance
         return {
-            "name": inst.name,
-            "zone": inst.zone,
+            **self.instance.summary(),
             "action": self.action,
-            "status": inst.state,
-            "machine_type": inst.machine_type,
-            "gpu": inst.gpu,
-            "gpu_count": inst.gpu_count,
-            "spot": inst.spot,
-            "external_ip": inst.external_ip,
             "price_per_hour": self.price_per_hour,
             "zones_tried": [asdict(a) for a in self.attempts],
             "differences": self.differences,
