@@ -161,7 +161,8 @@ def _coerce(key: str, value: Any) -> Any:
             return list(value)
         return typ(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"Config value {key}={value!r} is not a valid {typ.__name__}.")
+        kind = {float: "a number", list: "a list of zones", str: "text"}.get(typ, typ.__name__)
+        raise ConfigError(f"Config value {key}={value!r} is not {kind}.")
 
 
 def resolve(

@@ -68,3 +68,9 @@ def test_config_set_rejects_unknown_key():
 
 def test_jupyter_fixture_answers(jupyter_server):
     assert jupyter_server.api("GET", "/api/status")["kernels"] == 0
+
+
+def test_config_set_rejects_a_non_number():
+    result = CliRunner().invoke(cli, ["config", "set", "credits", "abc"])
+    assert result.exit_code == 2
+    assert result.output == "Error: Config value credits='abc' is not a number.\n"
