@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gcpdl.compute import firewall as fw
+from gcpdl.compute import lookup
 from gcpdl.compute import requests as rq
 from gcpdl.compute import zones as zn
 from gcpdl.compute.adapter import Compute, prefetch
@@ -98,22 +99,8 @@ def first_zone(zone: str | None, zones: list[str]) -> str:
     return z
 
 
-# --- finding VMs --------------------------------------------------------------------------
-def find(compute: Compute, name: str, deadline: Deadline) -> Instance | None:
-    """The VM called ``name`` in any zone (names are per zone; gcpdl keeps them unique)."""
-    found = compute.aggregated("instances", deadline, filter=f"name = {name}")
-    for zone, items in found.items():
-        for item in items:
-            if item.get("name") == name:
-                return Instance.from_api(item)
-    return None
-
-
-def require(compute: Compute, name: str, deadline: Deadline) -> Instance:
-    inst = find(compute, name, deadline)
-    if inst is None:
-        raise NotFound(f"No VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
-    return inst
+# --- finding VMs: the one lookup (gcpdl.compute.lookup), cache first, project-wide ---------
+find, require = lookup.find, lookup.require
 
 
 def get_instance(compute: Compute, zone: str, name: str, deadline: Deadline) -> Instance:
@@ -238,6 +225,7 @@ READY_TIMEOUT = 900.0  # first boot installs the NVIDIA driver: minutes, not sec
 
 def _finish(ctx: UpContext, result: UpResult) -> UpResult:
     """--- SSH step (issue 3) --- the VM exists and runs; make it usable, under its own deadline."""
+    lookup.remember(ctx.compute, result.instance)
     if ctx.ready is not None:
         result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
     result.api_calls = ctx.compute.calls
@@ -434,7 +422,9 @@ def start(compute: Compute, name: str, now: Callable[[], float] = time.time, pro
     inst = require(compute, name, deadline)
     if inst.status != "RUNNING":
         progress(f"Starting {name} in {inst.zone}...")
-    return _start(compute, inst, deadline, now)
+    inst = _start(compute, inst, deadline, now)
+    lookup.remember(compute, inst)
+    return inst
 
 
 def stop(compute: Compute, name: str, now: Callable[[], float] = time.time, progress: Progress = _quiet) -> Instance:
@@ -505,6 +495,7 @@ def down(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(_delete_rule, compute, name, deadline)
         compute.run(rq.instance_delete(project, zone, name), deadline)
+        lookup.forget(compute, name)
         if inst.disks:
             deleted.append(f"boot disk {inst.disks[0]}")
         if f_fw.result():
@@ -584,6 +575,7 @@ class VmStatus:
 def status(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> list[VmStatus]:
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
     vms = list_managed(compute, deadline)
+    lookup.remember(compute, *vms)
     if name is not None:
         vms = [v for v in vms if v.name == name]
         if not vms:
