@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from gcpdl.compute import firewall as fw
 from gcpdl.compute import lookup
+from gcpdl.compute import quota as qt
 from gcpdl.compute import requests as rq
 from gcpdl.compute import zones as zn
 from gcpdl.compute.adapter import Compute, prefetch
@@ -155,6 +156,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         f_machine = pool.submit(
             compute.get_or_none, f"{rq.zone_path(project, first)}/machineTypes/{spec.machine_type}", deadline,
         ) if not _default_machine(spec) else None
+        # GPU quota (project-wide, and the first zone's region): checked before anything is created
+        f_quota = [pool.submit(qt.read_project, compute, deadline),
+                   pool.submit(qt.read_region, compute, region_of(first), deadline)] if spec.gpu else []
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result())
@@ -184,6 +188,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         first = pinned
     else:
         queue = zn.next_zones(first, ctx.zones, offered, spec)
+    if f_quota:
+        known = {region_of(ctx.zones[0]): f_quota[1].result()}
+        placed = qt.place(compute, spec, first, queue, f_quota[0].result(), known, deadline)
+        if placed.skipped:
+            ctx.attempts.append(ZoneAttempt(placed.skipped[0], "quota", placed.skipped[1]))
+            ctx.progress(f"  {placed.skipped[0]}: {placed.skipped[1]} Skipping region {region_of(placed.skipped[0])}.")
+        first, queue = placed.first, placed.queue
 
     if not spec.gpu_given:
         ctx.progress(f"No --gpu given: creating {spec.name} with {spec.gpu_count} {spec.gpu} ({spec.machine_type}).")
