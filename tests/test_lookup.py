@@ -185,3 +185,20 @@ def test_a_corrupt_cache_is_only_slower(lab):
     (lookup.cache_dir() / lookup.CACHE_FILE).write_text("{not json")
     assert run("ssh", "lab", "--", "true").exit_code == 0
     assert _cache()["test-project"]["lab"]["zone"] == OTHER
+
+
+def test_same_name_in_two_zones(lab):
+    """Names are unique per zone only: gcpdl acts on the VM it made, and never guesses between two."""
+    lab.add_instance("lab", zone="us-east1-d", labels={})  # made outside gcpdl
+    (lookup.cache_dir() / lookup.CACHE_FILE).unlink()
+    r = run("stop", "lab", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["zone"] == OTHER
+    lab.add_instance("lab", zone="europe-west4-a", labels={"gcpdl": "managed"})
+    (lookup.cache_dir() / lookup.CACHE_FILE).unlink()
+    r = run("down", "lab", "--yes")
+    assert r.exit_code == 2
+    assert r.stderr == ("Error: There are VMs named lab in several zones (europe-west4-a, us-central1-f, us-east1-d); "
+                        "gcpdl cannot tell which one you mean. Pass --zone (ssh, jupyter, sync), or rename one of them.\n")
+    r = run("ssh", "lab", "--zone", OTHER, "--", "true")
+    assert r.stderr == "Error: VM lab is stopped, not running. Start it with: gcpdl start lab\n"

@@ -134,8 +134,13 @@ def locate(compute: Compute, name: str, deadline: Deadline, zone: str | None = N
         cache.forget(project, name)
         return None
     if len(found) > 1:
-        zones = ", ".join(sorted(Instance.from_api(i).zone for i in found))
-        raise InvalidInput(f"There are VMs named {name} in several zones ({zones}); pass --zone.")
+        # names are per zone; gcpdl never makes a second one, so prefer the one it made
+        ours = [i for i in found if Instance.from_api(i).managed]
+        if len(ours) != 1:
+            zones = ", ".join(sorted(Instance.from_api(i).zone for i in found))
+            raise InvalidInput(f"There are VMs named {name} in several zones ({zones}); gcpdl cannot tell which one you mean.",
+                               fix="Pass --zone (ssh, jupyter, sync), or rename one of them.")
+        found = ours
     cache.remember(project, [Instance.from_api(found[0])])
     return found[0]
 
