@@ -66,14 +66,27 @@ def test_billing_disabled(env):
 
 def test_zero_gpu_quotas_say_what_to_request(env):
     env.set_quota("GPUS_ALL_REGIONS", 0)
-    env.set_quota("PREEMPTIBLE_NVIDIA_L4_GPUS", 0, region="us-central1")
+    env.set_quota("PREEMPTIBLE_NVIDIA_L4_GPUS", 2, region="us-central1", usage=2)  # all in use: no room either
     result = run("doctor", "--gpu", "l4", "--spot", "--json")
     assert result.exit_code == 1
     c = checks(result)
-    page = "https://console.cloud.google.com/iam-admin/quotas?project=test-project"
-    assert c["quota GPUS_ALL_REGIONS"]["fix"] == f"Request GPUS_ALL_REGIONS >= 1 (Filter: 'GPUs (all regions)') at {page}"
+    page = "https://console.cloud.google.com/iam-admin/quotas?project=test-project&metric=compute.googleapis.com"
+    wait = ("(approval usually takes from a few hours to 2 business days; "
+            "free-trial accounts must upgrade to a paid account before any GPU quota is granted).")
+    assert c["quota GPUS_ALL_REGIONS"]["detail"] == "Quota GPUS_ALL_REGIONS (all regions) is 0, so no VM with this GPU can be created."
+    assert c["quota GPUS_ALL_REGIONS"]["fix"] == f"Request GPUS_ALL_REGIONS >= 1 at {page}/gpus_all_regions {wait}"
     assert c["quota NVIDIA_L4_GPUS"]["ok"]
-    assert c["quota PREEMPTIBLE_NVIDIA_L4_GPUS"]["fix"] == f"Request PREEMPTIBLE_NVIDIA_L4_GPUS >= 1 in us-central1 at {page}"
+    assert c["quota PREEMPTIBLE_NVIDIA_L4_GPUS"]["detail"] == (
+        "Quota PREEMPTIBLE_NVIDIA_L4_GPUS in us-central1 is 2 with 2 in use: no room for 1 more.")
+    assert c["quota PREEMPTIBLE_NVIDIA_L4_GPUS"]["fix"] == (
+        f"Request PREEMPTIBLE_NVIDIA_L4_GPUS >= 3 in us-central1 at {page}/preemptible_nvidia_l4_gpus {wait}")
+
+
+def test_spot_without_preemptible_quota_uses_the_standard_quota(env):
+    env.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 0, region="us-central1")
+    result = run("doctor", "--spot", "--json")
+    assert result.exit_code == 0, result.output
+    assert checks(result)["quota PREEMPTIBLE_NVIDIA_T4_GPUS"]["detail"] == "limit 0 in us-central1: Spot VMs use NVIDIA_T4_GPUS instead"
 
 
 def test_unknown_gpu_is_an_input_error(env):

@@ -455,13 +455,20 @@ def test_time_based_operations_and_blocking_wait(gcp, factory):
 def test_spot_uses_preemptible_quota(gcp, factory):
     from google.cloud import compute_v1
 
-    gcp.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 0, region="us-central1")
+    gcp.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 1, region="us-central1", usage=1)
     spot = instance_body(terminate=False)
     spot.scheduling = compute_v1.Scheduling(provisioning_model="SPOT", instance_termination_action="STOP")
     done = insert_and_wait(factory, spot)
-    assert done.error.errors[0].message == "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 0.0 in region us-central1."
-    gcp.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 4, region="us-central1")
+    assert done.error.errors[0].message == "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1."
+    # no preemptible quota at all: Spot VMs draw on the standard quota
+    gcp.set_quota("PREEMPTIBLE_NVIDIA_T4_GPUS", 0, region="us-central1")
+    gcp.set_quota("NVIDIA_T4_GPUS", 0, region="us-central1")
+    done = insert_and_wait(factory, spot)
+    assert done.error.errors[0].message == "Quota 'NVIDIA_T4_GPUS' exceeded.  Limit: 0.0 in region us-central1."
+    gcp.set_quota("NVIDIA_T4_GPUS", 1, region="us-central1")
     assert not insert_and_wait(factory, spot).error.errors
+    quotas = {q["metric"]: q["usage"] for q in factory.session.get(f"{gcp.url}/compute/v1/projects/test-project/regions/us-central1").json()["quotas"]}
+    assert (quotas["NVIDIA_T4_GPUS"], quotas["PREEMPTIBLE_NVIDIA_T4_GPUS"]) == (1, 0)
     got = gcp.instance(ZONE, "box")["scheduling"]
     assert got["onHostMaintenance"] == "TERMINATE" and got["preemptible"] is True and got["automaticRestart"] is False
 

@@ -33,7 +33,7 @@ def test_not_running_says_how_to_start(ssh_vm):
 def test_unknown_vm(ssh_vm):
     r = run("ssh", "nope", "--", "true")
     assert r.exit_code == 1
-    assert r.stderr == "Error: No VM named nope in project test-project. List yours with: gcpdl status\n"
+    assert r.stderr == "Error: No VM named nope in project test-project. See your VMs with: gcpdl status\n"
 
 
 def test_bad_name_is_rejected_before_any_api_call(ssh_vm):

@@ -81,4 +81,4 @@ def test_remote_errors_come_back_as_one_line(vm, gcs, tmp_path):
 def test_unknown_vm(vm, tmp_path):
     r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "x"), "--on", "nope"])
     assert r.exit_code == 1
-    assert r.stderr == "Error: No VM named nope in project test-project. List yours with: gcpdl status\n"
+    assert r.stderr == "Error: No VM named nope in project test-project. See your VMs with: gcpdl status\n"

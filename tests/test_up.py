@@ -88,10 +88,10 @@ def test_human_output_and_happy_path_call_count(env):
     assert "Created box in us-central1-a" in result.stdout
     assert "127.0.0.1" in result.stdout and "$" in result.stdout
     assert "Creating box in us-central1-a..." in result.stderr
-    # pre-flight reads (5, in parallel) + firewall insert/wait + instance insert/wait + get
+    # pre-flight reads (5, plus 2 for GPU quota, in parallel) + firewall insert/wait + instance insert/wait + get
     assert mutations(env) == ["compute.firewalls.insert", "compute.instances.insert"] or \
         mutations(env) == ["compute.instances.insert", "compute.firewalls.insert"]
-    assert len(env.requests) <= 10
+    assert len(env.requests) <= 12
 
 
 def test_up_on_running_vm_reuses_it(env):
@@ -182,13 +182,18 @@ def test_stockout_everywhere_leaves_nothing_behind(env, monkeypatch):
 
 @pytest.mark.parametrize("mode", ["auto", "operation"])  # a synchronous 403, or the operation's error
 def test_gpus_all_regions_quota_stops_at_once(env, mode):
+    """The insert's own quota error, when the pre-flight could not read the quota (it normally
+    stops before any mutation: tests/test_quota_preflight.py)."""
     env.quota_error_mode = mode
+    env.deny("compute.projects.get")
     env.set_quota("GPUS_ALL_REGIONS", 0)
     result = run("up", "box", "--gpu", "t4", "--yes", "--data-disk", "100")
     assert result.exit_code == 1
     assert result.stderr.splitlines()[-1] == (
-        "Error: Quota GPUS_ALL_REGIONS exceeded for the project (all regions). Request more GPUS_ALL_REGIONS quota at "
-        "https://console.cloud.google.com/iam-admin/quotas?project=test-project"
+        "Error: Quota GPUS_ALL_REGIONS exceeded for the project (all regions). Request GPUS_ALL_REGIONS at "
+        "https://console.cloud.google.com/iam-admin/quotas?project=test-project&metric=compute.googleapis.com/gpus_all_regions "
+        "(approval usually takes from a few hours to 2 business days; "
+        "free-trial accounts must upgrade to a paid account before any GPU quota is granted)."
     )
     assert len(env.calls("compute.instances.insert")) == 1
     assert env.instances() == [] and env.disks() == [] and env.firewalls() == []
@@ -196,7 +201,9 @@ def test_gpus_all_regions_quota_stops_at_once(env, mode):
 
 @pytest.mark.parametrize("mode", ["auto", "sync"])
 def test_regional_quota_skips_the_region(env, mode):
+    """On the insert's own error, when the pre-flight could not read the region's quota."""
     env.quota_error_mode = mode
+    env.deny("compute.regions.get")
     env.set_quota("NVIDIA_T4_GPUS", 0, region="us-central1")
     env.omit_http_error_status = True  # the operation error still surfaces without it
     result = run("up", "box", "--gpu", "t4", "--yes", "--json")

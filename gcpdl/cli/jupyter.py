@@ -47,8 +47,8 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
         raise
 
     def reconnect():
-        # look the VM up again: a restarted VM comes back with a new ephemeral IP
-        fresh = resolve_target(factory, name, target.zone)
+        # look the VM up again (the cache makes it one GET): a restarted VM comes back with a new IP
+        fresh = resolve_target(factory, name, zone)
         return open_transport(fresh, report=app.say)
 
     def on_event(event: TunnelEvent) -> None:

@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from gcpdl.clients import ADC_FIX, ClientFactory
-from gcpdl.compute.errors import BILLING_PAGE, QUOTA_PAGE
+from gcpdl.compute.errors import BILLING_PAGE, quota_shortfall
+from gcpdl.compute.quota import ALL_REGIONS, limit_usage, regional_metric
 from gcpdl.deadline import Deadline
 from gcpdl.errors import ApiDisabled, ConfigError, CredentialsError, GcpdlError, NotFound, PermissionDenied
 from gcpdl.pricing import region_of
@@ -28,13 +29,6 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _quota(quotas: list[dict], metric: str) -> tuple[float, float] | None:
-    for q in quotas or []:
-        if q.get("metric") == metric:
-            return float(q.get("limit", 0)), float(q.get("usage", 0))
-    return None
 
 
 def run_checks(factory: ClientFactory, gpu: str | None, spot: bool, zone: str | None) -> list[Check]:
@@ -73,13 +67,7 @@ def run_checks(factory: ClientFactory, gpu: str | None, spot: bool, zone: str | 
     checks.append(_billing(compute, project, zone, deadline))
     if not gpu:
         return checks
-    page = QUOTA_PAGE.format(project=project)
-    total = _quota(info.get("quotas") or [], "GPUS_ALL_REGIONS")
-    if total is None or total[0] <= 0:
-        checks.append(Check("quota GPUS_ALL_REGIONS", False, "limit is 0: no GPU can be created in any region",
-                            f"Request GPUS_ALL_REGIONS >= 1 (Filter: 'GPUs (all regions)') at {page}"))
-    else:
-        checks.append(Check("quota GPUS_ALL_REGIONS", True, f"limit {total[0]:g}, in use {total[1]:g}"))
+    checks.append(_quota_check(project, ALL_REGIONS, None, info.get("quotas") or []))
     if not zone:
         checks.append(Check("zone", False, "no zone set, so the regional GPU quota cannot be checked",
                             "Run: gcpdl config set zone us-central1-a (or pass --zone)"))
@@ -90,15 +78,25 @@ def run_checks(factory: ClientFactory, gpu: str | None, spot: bool, zone: str | 
     except GcpdlError as e:
         checks.append(Check(f"quota in {region}", False, e.message, e.fix))
         return checks
-    metrics = [GPUS[gpu].quota_metric] + (["PREEMPTIBLE_" + GPUS[gpu].quota_metric] if spot else [])
-    for metric in metrics:
-        q = _quota(rinfo.get("quotas") or [], metric)
-        if q is None or q[0] <= 0:
-            checks.append(Check(f"quota {metric}", False, f"limit is 0 in {region}",
-                                f"Request {metric} >= 1 in {region} at {page}"))
+    quotas = rinfo.get("quotas") or []
+    standard = GPUS[gpu].quota_metric
+    checks.append(_quota_check(project, standard, region, quotas))
+    if spot:
+        if regional_metric(gpu, True, quotas) == standard:
+            checks.append(Check(f"quota PREEMPTIBLE_{standard}", True, f"limit 0 in {region}: Spot VMs use {standard} instead"))
         else:
-            checks.append(Check(f"quota {metric}", True, f"limit {q[0]:g} in {region}, in use {q[1]:g}"))
+            checks.append(_quota_check(project, "PREEMPTIBLE_" + standard, region, quotas))
     return checks
+
+
+def _quota_check(project: str, metric: str, region: str | None, quotas: list[dict]) -> Check:
+    """Room for one more GPU, in `up`'s words when there is none (compute.errors.quota_shortfall)."""
+    limit, usage = limit_usage(quotas, metric) or (0.0, 0.0)
+    where = f" in {region}" if region else ""
+    if usage + 1 <= limit:
+        return Check(f"quota {metric}", True, f"limit {limit:g}{where}, in use {usage:g}")
+    short = quota_shortfall(project, metric, region, limit, usage, 1)
+    return Check(f"quota {metric}", False, short.message, short.fix)
 
 
 def _billing(compute: Any, project: str, zone: str | None, deadline: Deadline) -> Check:

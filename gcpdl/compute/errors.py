@@ -197,14 +197,45 @@ def to_gcpdl(err: ApiError, project: str, what: str = "") -> GcpdlError:
 
 
 def quota_error(err: ApiError, project: str) -> QuotaExceeded:
+    """A quota error the API returned (the pre-flight check could not see it coming: quota used
+    up between the read and the insert, or a quota gcpdl does not read)."""
     metric = err.quota_metric or "a quota"
     region = err.quota_region
     where = f"in region {region}" if region else "for the project (all regions)"
-    exc = QuotaExceeded(
-        f"Quota {metric} exceeded {where}.",
-        fix=f"Request more {metric} quota at {QUOTA_PAGE.format(project=project)}",
-    )
+    exc = QuotaExceeded(f"Quota {metric} exceeded {where}.", fix=quota_fix(project, metric, region))
     exc.metric = metric  # type: ignore[attr-defined]
     exc.region = region  # type: ignore[attr-defined]
     exc.global_quota = metric.endswith("ALL_REGIONS") or region is None  # type: ignore[attr-defined]
+    return exc
+
+
+def quota_page(project: str, metric: str | None = None) -> str:
+    """The console's quota page for the project, filtered to one metric when known."""
+    page = QUOTA_PAGE.format(project=project)
+    if metric and re.fullmatch(r"[A-Z0-9_]+", metric):
+        page += f"&metric=compute.googleapis.com/{metric.lower()}"
+    return page
+
+
+def quota_fix(project: str, metric: str, region: str | None = None, at_least: float | None = None) -> str:
+    """What to do about a quota, the same words in `doctor`, `up`'s pre-flight and an API error."""
+    want = f" >= {at_least:g}" if at_least is not None else ""
+    where = f" in {region}" if region else ""
+    fix = f"Request {metric}{want}{where} at {quota_page(project, metric)} (approval usually takes from a few hours to 2 business days"
+    if "GPU" in metric:
+        fix += "; free-trial accounts must upgrade to a paid account before any GPU quota is granted"
+    return fix + ")."
+
+
+def quota_shortfall(project: str, metric: str, region: str | None, limit: float, usage: float, need: int) -> QuotaExceeded:
+    """Not enough quota to add ``need`` more (usage + need > limit): the message and fix that
+    `doctor` prints as a failed check and `up` raises before it creates anything."""
+    where = f"in {region}" if region else "(all regions)"
+    if limit <= 0:
+        message = f"Quota {metric} {where} is 0, so no VM with this GPU can be created."
+    else:
+        message = f"Quota {metric} {where} is {limit:g} with {usage:g} in use: no room for {need} more."
+    exc = QuotaExceeded(message, fix=quota_fix(project, metric, region, usage + need))
+    exc.metric, exc.region = metric, region  # type: ignore[attr-defined]
+    exc.global_quota = region is None  # type: ignore[attr-defined]
     return exc

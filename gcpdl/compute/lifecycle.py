@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gcpdl.compute import firewall as fw
+from gcpdl.compute import lookup
+from gcpdl.compute import quota as qt
 from gcpdl.compute import requests as rq
 from gcpdl.compute import zones as zn
 from gcpdl.compute.adapter import Compute, prefetch
@@ -98,22 +100,8 @@ def first_zone(zone: str | None, zones: list[str]) -> str:
     return z
 
 
-# --- finding VMs --------------------------------------------------------------------------
-def find(compute: Compute, name: str, deadline: Deadline) -> Instance | None:
-    """The VM called ``name`` in any zone (names are per zone; gcpdl keeps them unique)."""
-    found = compute.aggregated("instances", deadline, filter=f"name = {name}")
-    for zone, items in found.items():
-        for item in items:
-            if item.get("name") == name:
-                return Instance.from_api(item)
-    return None
-
-
-def require(compute: Compute, name: str, deadline: Deadline) -> Instance:
-    inst = find(compute, name, deadline)
-    if inst is None:
-        raise NotFound(f"No VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
-    return inst
+# --- finding VMs: the one lookup (gcpdl.compute.lookup), cache first, project-wide ---------
+find, require = lookup.find, lookup.require
 
 
 def get_instance(compute: Compute, zone: str, name: str, deadline: Deadline) -> Instance:
@@ -168,6 +156,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         f_machine = pool.submit(
             compute.get_or_none, f"{rq.zone_path(project, first)}/machineTypes/{spec.machine_type}", deadline,
         ) if not _default_machine(spec) else None
+        # GPU quota (project-wide, and the first zone's region): checked before anything is created
+        f_quota = [pool.submit(qt.read_project, compute, deadline),
+                   pool.submit(qt.read_region, compute, region_of(first), deadline)] if spec.gpu else []
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result())
@@ -197,6 +188,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         first = pinned
     else:
         queue = zn.next_zones(first, ctx.zones, offered, spec)
+    if f_quota:
+        known = {region_of(ctx.zones[0]): f_quota[1].result()}
+        placed = qt.place(compute, spec, first, queue, f_quota[0].result(), known, deadline)
+        if placed.skipped:
+            ctx.attempts.append(ZoneAttempt(placed.skipped[0], "quota", placed.skipped[1]))
+            ctx.progress(f"  {placed.skipped[0]}: {placed.skipped[1]} Skipping region {region_of(placed.skipped[0])}.")
+        first, queue = placed.first, placed.queue
 
     if not spec.gpu_given:
         ctx.progress(f"No --gpu given: creating {spec.name} with {spec.gpu_count} {spec.gpu} ({spec.machine_type}).")
@@ -238,6 +236,7 @@ READY_TIMEOUT = 900.0  # first boot installs the NVIDIA driver: minutes, not sec
 
 def _finish(ctx: UpContext, result: UpResult) -> UpResult:
     """--- SSH step (issue 3) --- the VM exists and runs; make it usable, under its own deadline."""
+    lookup.remember(ctx.compute, result.instance)
     if ctx.ready is not None:
         result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
     result.api_calls = ctx.compute.calls
@@ -434,7 +433,9 @@ def start(compute: Compute, name: str, now: Callable[[], float] = time.time, pro
     inst = require(compute, name, deadline)
     if inst.status != "RUNNING":
         progress(f"Starting {name} in {inst.zone}...")
-    return _start(compute, inst, deadline, now)
+    inst = _start(compute, inst, deadline, now)
+    lookup.remember(compute, inst)
+    return inst
 
 
 def stop(compute: Compute, name: str, now: Callable[[], float] = time.time, progress: Progress = _quiet) -> Instance:
@@ -505,6 +506,7 @@ def down(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(_delete_rule, compute, name, deadline)
         compute.run(rq.instance_delete(project, zone, name), deadline)
+        lookup.forget(compute, name)
         if inst.disks:
             deleted.append(f"boot disk {inst.disks[0]}")
         if f_fw.result():
@@ -584,6 +586,7 @@ class VmStatus:
 def status(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> list[VmStatus]:
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
     vms = list_managed(compute, deadline)
+    lookup.remember(compute, *vms)
     if name is not None:
         vms = [v for v in vms if v.name == name]
         if not vms:

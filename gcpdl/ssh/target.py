@@ -87,30 +87,17 @@ def _get(factory: Any, path: str, what: str, params: dict[str, str] | None = Non
 
 
 def find_instance(factory: Any, name: str, zone: str | None = None) -> dict[str, Any]:
-    """The instance's REST JSON. Without a zone, one aggregated list filtered by name."""
-    project = factory.project()
-    if zone:
-        try:
-            return _get(factory, f"/projects/{project}/zones/{zone}/instances/{name}", f"VM {name} in {zone}")
-        except NotFound:
-            raise NotFound(f"No VM named {name} in zone {zone} of project {project}.", fix="List yours with: gcpdl status") from None
-    found: list[dict[str, Any]] = []
-    params = {"filter": f'name = "{name}"', "returnPartialSuccess": "true"}
-    while True:
-        page = _get(factory, f"/projects/{project}/aggregated/instances", "the instance list", params)
-        for scoped in (page.get("items") or {}).values():
-            # filter again here: the filter is an optimisation, the name check is the contract
-            found += [i for i in scoped.get("instances") or [] if i.get("name") == name]
-        token = page.get("nextPageToken")
-        if not token:
-            break
-        params = dict(params, pageToken=token)
-    if not found:
-        raise NotFound(f"No VM named {name} in project {project}.", fix="List yours with: gcpdl status")
-    if len(found) > 1:
-        zones = ", ".join(sorted(_last(i.get("zone")) for i in found))
-        raise InvalidInput(f"There are VMs named {name} in several zones ({zones}); pass --zone.")
-    return found[0]
+    """The instance's REST JSON, found by gcpdl.compute.lookup (cache, then project-wide);
+    ``zone`` only when the user passed --zone."""
+    from gcpdl.compute import lookup
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+
+    compute = Compute(factory, factory.project())
+    data = lookup.locate(compute, name, Deadline(2 * HTTP_TIMEOUT, f"the lookup of VM {name}"), zone)
+    if data is None:
+        raise lookup.not_found(compute.project, name, zone)
+    return data
 
 
 def guest_hostkeys(factory: Any, project: str, zone: str, name: str) -> list[HostKey]:
@@ -147,7 +134,7 @@ def resolve_target(factory: Any, name: str, zone: str | None = None, require_run
     starts it) unless it is RUNNING."""
     validate_name(name)
     settings = factory.settings
-    data = find_instance(factory, name, zone or settings.zone)
+    data = find_instance(factory, name, zone)  # a configured zone must not hide a VM elsewhere
     zone = _last(data.get("zone"))
     status = data.get("status", "UNKNOWN")
     if require_running and status != "RUNNING":

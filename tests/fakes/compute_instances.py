@@ -192,7 +192,7 @@ class InstancesMixin:
                      "metadata": {"quota_metric": info["metricName"], "quota_limit": info["limitName"], "quota_limit_value": str(int(lim))}},
                 ]), None
             for atype, count in accs:
-                metric = ("PREEMPTIBLE_" if spot else "") + cat.ACCELERATORS[atype][2]
+                metric = self._gpu_metric(region, atype, spot)
                 lim, used = self._quota_state(region, metric, ignore)
                 if lim is not None and used + count > lim:
                     msg = f"Quota '{metric}' exceeded.  Limit: {lim:.1f} in region {region}."
@@ -250,9 +250,20 @@ class InstancesMixin:
                 atype, count = a["acceleratorType"].rsplit("/", 1)[-1], a.get("acceleratorCount", 0)
                 if metric == "GPUS_ALL_REGIONS":
                     total += count
-                elif metric == ("PREEMPTIBLE_" if spot else "") + cat.ACCELERATORS[atype][2]:
+                elif metric == self._gpu_metric(region_of(zone), atype, spot):
                     total += count
         return total
+
+    def _gpu_metric(self, region: str, atype: str, spot: bool) -> str:
+        """The regional metric a GPU draws from: Spot VMs use the PREEMPTIBLE_ quota when the
+        project has one, the standard quota when its limit is 0
+        (https://cloud.google.com/compute/resource-usage#preemptible_quota)."""
+        metric = cat.ACCELERATORS[atype][2]
+        if spot:
+            lim = self.region_quotas.get(region, {}).get("PREEMPTIBLE_" + metric, [0.0])[0]
+            if lim > 0:
+                return "PREEMPTIBLE_" + metric
+        return metric
 
     def _materialize(self, project: str, zone: str, body: dict, nat_ip: str | None, disk_image_gb: int | None) -> dict:
         """Turn a (valid) insert body into the stored instance resource, creating its disks."""
