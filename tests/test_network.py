@@ -1,0 +1,148 @@
+"""The VM's network (issue 8 §2 and §6): the per-VM deny rule that shuts the default network's
+`default-allow-ssh`, rules that open ports to the world, projects without a `default` network,
+and `up --network/--subnet`. All against the fake Compute server, whose `reachable()` evaluates
+VPC firewall rules the way VPC does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import ZONE, run
+
+CALLER = "203.0.113.7"
+STRANGER = "198.51.100.66"
+
+
+def mutations(fake) -> list[str]:
+    return [r.method_id for r in fake.requests if r.method in ("POST", "PATCH", "DELETE") and not r.method_id.endswith(".wait")]
+
+
+def rule_names(fake) -> list[str]:
+    return [f["name"] for f in fake.firewalls()]
+
+
+# --- the fake itself evaluates rules as VPC does ------------------------------------------
+def test_fake_evaluates_rules_like_vpc(gcp):
+    gcp.add_instance("vm", tags=["web"])
+    assert not gcp.reachable("vm", STRANGER)  # implied deny ingress
+    gcp.seed_default_rules()
+    assert gcp.reachable("vm", STRANGER)  # default-allow-ssh: everyone, every VM
+    assert not gcp.reachable("vm", STRANGER, port=80)
+    gcp.firewalls_by_name["d"] = gcp._firewall_body(gcp.project, "d", {
+        "name": "d", "priority": 65534, "denied": [{"IPProtocol": "tcp", "ports": ["22"]}],
+        "sourceRanges": ["0.0.0.0/0"], "targetTags": ["web"]})
+    assert not gcp.reachable("vm", STRANGER)  # equal priority: the deny wins
+    gcp.firewalls_by_name["a"] = gcp._firewall_body(gcp.project, "a", {
+        "name": "a", "priority": 10, "allowed": [{"IPProtocol": "all"}], "sourceRanges": [f"{CALLER}/32"], "targetTags": ["other"]})
+    assert not gcp.reachable("vm", CALLER)  # another tag: not this VM
+    assert gcp.reachable("vm", "10.128.0.9", port=5000)  # default-allow-internal
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"allowed": [{"IPProtocol": "tcp"}], "denied": [{"IPProtocol": "tcp"}]}, "Exactly one of allowed or denied"),
+    ({}, "Exactly one of allowed or denied"),
+    ({"allowed": [{"IPProtocol": "tcp"}], "priority": 70000}, "Must be between 0 and 65535"),
+    ({"allowed": [{"IPProtocol": "tcp"}], "sourceRanges": ["1.2.3.4/33"]}, "valid IPV4 or IPV6 CIDR"),
+    ({"allowed": [{"IPProtocol": "tcp", "ports": ["70000"]}]}, "port number or a range"),
+    ({"allowed": [{"IPProtocol": "tcp"}], "network": "global/networks/nope"}, "network resource cannot be found"),
+    ({"allowed": [{"IPProtocol": "tcp"}], "targetTags": ["a"], "targetServiceAccounts": ["x@y"]}, "cannot be set at the same time"),
+])
+def test_fake_validates_firewall_bodies(gcp, body, message):
+    error = gcp.check("POST", f"/compute/v1/projects/{gcp.project}/global/firewalls", {"name": "r", **body})
+    assert error is None  # the shape is fine; the API's own rules refuse it
+    import requests
+
+    from tests.fakes.compute_common import ApiError
+
+    with pytest.raises(ApiError, match=message):
+        gcp._firewall_body(gcp.project, "r", {"name": "r", **body})
+    del requests
+
+
+# --- issue 8 §2: default-allow-ssh -----------------------------------------------------------
+def test_up_on_a_default_vpc_project_leaves_ssh_open_only_to_the_caller(env):
+    """A project as it comes carries default-allow-ssh (tcp:22 from anywhere, priority 65534).
+    gcpdl's deny rule for the VM's tag closes it; only the caller's /32 gets through."""
+    env.seed_default_rules()
+    result = run("up", "box", "--gpu", "t4", "--yes")
+    assert result.exit_code == 0, result.output
+    assert env.reachable("box", CALLER)
+    assert not env.reachable("box", STRANGER)
+    deny = next(f for f in env.firewalls() if f["name"] == "gcpdl-deny-ssh-box")
+    assert deny["denied"] == [{"IPProtocol": "tcp", "ports": ["22"]}] and deny["sourceRanges"] == ["0.0.0.0/0"]
+    assert deny["targetTags"] == ["gcpdl-box"] and 1000 < deny["priority"] < 65534
+    # the deny rule exists before the VM does: never reachable from the world, not for a moment
+    order = mutations(env)
+    assert order.index("compute.firewalls.insert") < order.index("compute.instances.insert")
+    deny_insert = next(r for r in env.requests if r.method_id == "compute.firewalls.insert" and r.body["name"] == "gcpdl-deny-ssh-box")
+    inst_insert = next(r for r in env.requests if r.method_id == "compute.instances.insert")
+    deny_waits = [i for i, r in enumerate(env.requests) if r.method_id.endswith("Operations.wait") or r.method_id.endswith("Operations.get")]
+    assert env.requests.index(deny_insert) < env.requests.index(inst_insert) and deny_waits
+
+
+def test_dry_run_shows_the_deny_rule(env):
+    result = run("up", "box", "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    reqs = json.loads(result.stdout)["requests"]
+    bodies = [r["body"] for r in reqs if r["path"].endswith("/global/firewalls")]
+    assert [b["name"] for b in bodies] == ["gcpdl-ssh-box", "gcpdl-deny-ssh-box"]
+    assert [r["path"].rsplit("/", 1)[-1] for r in reqs].index("firewalls") < [r["path"].rsplit("/", 1)[-1] for r in reqs].index("instances")
+    human = run("up", "box", "--dry-run")
+    assert "denied to everyone else" in human.stdout
+
+
+def test_down_removes_both_rules(env):
+    env.seed_default_rules()
+    assert run("up", "box", "--yes").exit_code == 0
+    result = run("down", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "firewall rule gcpdl-deny-ssh-box" in result.stdout
+    assert not [n for n in rule_names(env) if n.startswith("gcpdl-")]
+
+
+def test_down_leftovers_removes_the_deny_rule(env):
+    assert run("up", "box", "--yes").exit_code == 0
+    env.instances_by_key.clear()  # deleted in the console
+    result = run("down", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    assert rule_names(env) == []
+
+
+def test_failed_create_removes_only_rules_this_run_created(env):
+    env.set_quota("GPUS_ALL_REGIONS", 0)
+    env.quota_error_mode = "sync"
+    result = run("up", "box", "--yes")
+    assert result.exit_code != 0
+    assert rule_names(env) == []
+    assert "Removed firewall rule gcpdl-deny-ssh-box created by this run." in result.stderr
+
+
+def test_up_on_existing_vm_recreates_a_missing_deny_rule(env):
+    env.seed_default_rules()
+    assert run("up", "box", "--yes").exit_code == 0
+    del env.firewalls_by_name["gcpdl-deny-ssh-box"]
+    assert env.reachable("box", STRANGER)
+    result = run("up", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    assert not env.reachable("box", STRANGER) and env.reachable("box", CALLER)
+
+
+def test_up_on_existing_vm_repairs_a_changed_deny_rule(env):
+    assert run("up", "box", "--yes").exit_code == 0
+    env.firewalls_by_name["gcpdl-deny-ssh-box"]["sourceRanges"] = ["192.0.2.0/24"]
+    assert run("up", "box", "--yes").exit_code == 0
+    assert env.firewalls_by_name["gcpdl-deny-ssh-box"]["sourceRanges"] == ["0.0.0.0/0"]
+
+
+def test_start_repoints_the_allow_rule_when_the_address_changed(env, monkeypatch):
+    env.seed_default_rules()
+    assert run("up", "box", "--yes").exit_code == 0
+    assert run("stop", "box").exit_code == 0
+    monkeypatch.setenv("GCPDL_MY_IP", "198.51.100.9")
+    result = run("start", "box")
+    assert result.exit_code == 0, result.output
+    assert env.firewalls_by_name["gcpdl-ssh-box"]["sourceRanges"] == ["198.51.100.9/32"]
+    assert env.reachable("box", "198.51.100.9") and not env.reachable("box", CALLER)
+    assert "SSH now allowed from 198.51.100.9/32" in result.stderr
