@@ -146,3 +146,103 @@ def test_start_repoints_the_allow_rule_when_the_address_changed(env, monkeypatch
     assert env.firewalls_by_name["gcpdl-ssh-box"]["sourceRanges"] == ["198.51.100.9/32"]
     assert env.reachable("box", "198.51.100.9") and not env.reachable("box", CALLER)
     assert "SSH now allowed from 198.51.100.9/32" in result.stderr
+
+
+# --- issue 8 §6: projects without a default network, --network/--subnet ----------------------
+def test_up_without_a_default_network_stops_before_creating_anything(env):
+    env.remove_network("default")
+    result = run("up", "box", "--yes")
+    assert result.exit_code != 0
+    assert "has no network named 'default'" in result.stderr
+    assert "gcloud compute networks create default --subnet-mode=auto" in result.stderr
+    assert "--network" in result.stderr
+    assert "Traceback" not in result.output
+    assert mutations(env) == [] and env.firewalls() == []
+
+
+def test_up_with_an_unknown_network(env):
+    result = run("up", "box", "--yes", "--network", "nope")
+    assert result.exit_code != 0
+    assert result.stderr.startswith("Error: Project test-project has no network named 'nope'.")
+    assert mutations(env) == []
+
+
+def test_up_in_a_custom_vpc_takes_the_regions_only_subnet(env):
+    env.remove_network("default")
+    env.add_network("lab-net", auto=False)
+    env.add_subnet("lab-central", "us-central1", "lab-net")
+    env.add_subnet("lab-east", "us-east1", "lab-net")
+    result = run("up", "box", "--yes", "--network", "lab-net")
+    assert result.exit_code == 0, result.output
+    (body,) = [r.body for r in env.calls("compute.instances.insert")]
+    nic = body["networkInterfaces"][0]
+    assert nic["network"] == "projects/test-project/global/networks/lab-net"
+    assert nic["subnetwork"] == "projects/test-project/regions/us-central1/subnetworks/lab-central"
+    assert {f["network"].rsplit("/", 1)[-1] for f in env.firewalls()} == {"lab-net"}
+    assert env.reachable("box", CALLER) and not env.reachable("box", STRANGER)
+
+
+def test_custom_vpc_with_several_subnets_asks_for_one(env, monkeypatch):
+    env.add_network("lab-net", auto=False)
+    env.add_subnet("a-net", "us-central1", "lab-net", "10.1.0.0/24")
+    env.add_subnet("b-net", "us-central1", "lab-net", "10.2.0.0/24")
+    result = run("up", "box", "--yes", "--network", "lab-net")
+    assert result.exit_code != 0
+    assert "Network lab-net has 2 subnets in region us-central1 (a-net, b-net); say which with --subnet." in result.stderr
+    assert mutations(env) == []
+    monkeypatch.setenv("GCPDL_NETWORK", "lab-net")
+    monkeypatch.setenv("GCPDL_SUBNET", "b-net")
+    result = run("up", "box", "--yes")
+    assert result.exit_code == 0, result.output
+    (body,) = [r.body for r in env.calls("compute.instances.insert")]
+    assert body["networkInterfaces"][0]["subnetwork"].endswith("/regions/us-central1/subnetworks/b-net")
+
+
+def test_custom_vpc_without_a_subnet_in_the_region(env):
+    env.add_network("lab-net", auto=False)
+    env.add_subnet("lab-east", "us-east1", "lab-net")
+    result = run("up", "box", "--yes", "--network", "lab-net")
+    assert result.exit_code != 0
+    assert "Network lab-net has no subnet in region us-central1 (it has subnets in: us-east1)." in result.stderr
+    assert "gcloud compute networks subnets create" in result.stderr
+    assert mutations(env) == []
+
+
+def test_unknown_subnet(env):
+    result = run("up", "box", "--yes", "--subnet", "nope")
+    assert result.exit_code != 0
+    assert "Network default has no subnet 'nope' in region us-central1 (its subnets there: default)." in result.stderr
+    assert mutations(env) == []
+
+
+@pytest.mark.parametrize("args, env_name, value", [
+    (("--network", "Bad Net"), None, None),
+    (("--subnet", "x_y"), None, None),
+    ((), "GCPDL_NETWORK", "bad/../net"),
+    ((), "GCPDL_SUBNET", "UPPER"),
+])
+def test_bad_network_names_are_refused_before_any_request(env, monkeypatch, args, env_name, value):
+    if env_name:
+        monkeypatch.setenv(env_name, value)
+    result = run("up", "box", "--yes", *args)
+    assert result.exit_code != 0
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.output
+    assert env.requests == []
+
+
+def test_dry_run_uses_the_network_and_subnet(env):
+    result = run("up", "box", "--dry-run", "--json", "--network", "lab-net", "--subnet", "lab-central")
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["network"] == "lab-net" and plan["subnet"] == "lab-central"
+    fws = [r["body"] for r in plan["requests"] if r["path"].endswith("/firewalls")]
+    assert {b["network"] for b in fws} == {"projects/demo-project/global/networks/lab-net"} or \
+        {b["network"] for b in fws} == {f"projects/{plan['project']}/global/networks/lab-net"}
+    inst = next(r["body"] for r in plan["requests"] if r["path"].endswith("/instances"))
+    assert inst["networkInterfaces"][0]["subnetwork"].endswith("/regions/us-central1/subnetworks/lab-central")
+
+
+def test_config_set_network_is_validated(env):
+    assert run("config", "set", "network", "Bad Net").exit_code != 0
+    ok = run("config", "set", "network", "lab-net")
+    assert ok.exit_code == 0, ok.output
