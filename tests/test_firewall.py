@@ -110,6 +110,8 @@ def test_world_open_rules_are_found_for_gcpdl_vms():
          "sourceRanges": ["0.0.0.0/0"]},
         {"name": "gcpdl-ssh-box", "network": ".../networks/default", "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
          "sourceRanges": ["0.0.0.0/0"], "targetTags": ["gcpdl-box"]},
+        {"name": "gcpdl-deny-ssh-box", "network": ".../networks/default", "priority": 2000,
+         "denied": [{"IPProtocol": "tcp", "ports": ["22"]}], "sourceRanges": ["0.0.0.0/0"], "targetTags": ["gcpdl-box"]},
     ]
     found = {o.rule: o for o in firewall.world_open_rules(rules, vms)}
     assert sorted(found) == ["default-allow-ssh", "early-ssh", "web"]
@@ -117,3 +119,11 @@ def test_world_open_rules_are_found_for_gcpdl_vms():
     assert "covers port 22 but not the other ports" in found["web"].message()
     assert "gcloud compute firewall-rules delete web" in found["web"].message()
     assert "outranks gcpdl's deny rule: SSH is open to everyone" in found["early-ssh"].message()
+    # without its deny rule, default-allow-ssh opens the VM to everyone
+    without = [r for r in rules if r["name"] != "gcpdl-deny-ssh-box"]
+    found = {o.rule: o for o in firewall.world_open_rules(without, vms)}
+    assert found["default-allow-ssh"].ssh_open
+    assert "deny rule for box is missing" in found["default-allow-ssh"].message()
+    # doctor's view: VMs `up` would create in the default network
+    found = {o.rule: o for o in firewall.world_open_rules(rules, [], new_vms_network="default")}
+    assert sorted(found) == ["default-allow-ssh", "early-ssh"] and found["default-allow-ssh"].harmless

@@ -246,3 +246,59 @@ def test_config_set_network_is_validated(env):
     assert run("config", "set", "network", "Bad Net").exit_code != 0
     ok = run("config", "set", "network", "lab-net")
     assert ok.exit_code == 0, ok.output
+
+
+# --- doctor and status: other rules that open gcpdl's VMs to the world -------------------------
+def _open_rule(fake, name: str, allowed: list, priority: int = 1000, tags: list | None = None) -> None:
+    body = {"name": name, "network": "global/networks/default", "priority": priority, "allowed": allowed,
+            "sourceRanges": ["0.0.0.0/0"], **({"targetTags": tags} if tags else {})}
+    with fake._lock:
+        fake.firewalls_by_name[name] = fake._firewall_body(fake.project, name, body)
+
+
+def test_status_reports_rules_that_open_other_ports_to_the_world(env):
+    env.seed_default_rules()
+    assert run("up", "box", "--yes").exit_code == 0
+    _open_rule(env, "notebooks", [{"IPProtocol": "tcp", "ports": ["8888"]}])
+    result = run("status", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert [o["rule"] for o in row["open_to_world"]] == ["default-allow-rdp", "notebooks"]
+    assert ("Warning: Firewall rule notebooks opens tcp:8888 to the whole internet for box; gcpdl's deny rule covers "
+            "port 22 but not the other ports. Delete it if nothing needs it: gcloud compute firewall-rules delete notebooks") in result.stderr
+    # default-allow-ssh is shut by gcpdl's deny rule, default-allow-icmp opens no port: not warned about
+    assert "default-allow-ssh" not in result.stderr and "default-allow-icmp" not in result.stderr
+
+
+def test_status_says_when_ssh_is_open_to_everyone(env):
+    env.seed_default_rules()
+    assert run("up", "box", "--yes").exit_code == 0
+    with env._lock:
+        del env.firewalls_by_name["gcpdl-deny-ssh-box"]
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    assert "default-allow-ssh opens tcp:22 to the whole internet for box, and gcpdl's deny rule for box is missing" in result.stderr
+    assert "gcpdl start box" in result.stderr
+
+
+def test_doctor_reports_world_open_rules(env):
+    env.seed_default_rules()
+    _open_rule(env, "everything", [{"IPProtocol": "all"}], priority=900)
+    result = run("doctor", "--cpu-only", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["firewall everything"]["ok"] is False
+    assert "outranks gcpdl's deny rule: SSH is open to everyone" in checks["firewall everything"]["detail"]
+    assert checks["firewall everything"]["fix"] == "gcloud compute firewall-rules delete everything"
+    assert checks["firewall default-allow-ssh"]["ok"] is True
+    assert "gcpdl's deny rule shuts it for port 22" in checks["firewall default-allow-ssh"]["detail"]
+    assert checks["firewall default-allow-rdp"]["ok"] is True  # reported, but no VM of gcpdl's listens on 3389
+    assert "covers port 22 but not the other ports" in checks["firewall default-allow-rdp"]["detail"]
+    assert result.exit_code == 1
+
+
+def test_doctor_checks_the_network(env):
+    env.remove_network("default")
+    result = run("doctor", "--cpu-only", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["network default"]["ok"] is False
+    assert "gcloud compute networks create default --subnet-mode=auto" in checks["network default"]["fix"]

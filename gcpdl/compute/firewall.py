@@ -214,21 +214,29 @@ def ensure_rules(compute, vm_name: str, source: str | None, deadline, network: s
 
 
 # --- other rules that open gcpdl's VMs to the world ------------------------------------------
+NEW_VMS = "new gcpdl VMs"
+
+
 @dataclass(frozen=True)
 class OpenRule:
     """A firewall rule, not gcpdl's, that lets the whole internet reach a gcpdl VM."""
 
     rule: str
     ports: str  # "tcp:22", "tcp:3389", "icmp", "all"
-    vms: tuple[str, ...]  # the VMs it reaches ("new VMs" for ones not made yet)
+    vms: tuple[str, ...]  # the VMs it reaches (NEW_VMS for ones `up` would create)
     ssh_only: bool  # it opens tcp:22 and nothing else
-    outranks_deny: bool  # priority number below gcpdl's deny rule: SSH from anywhere gets through
     reaches_ssh: bool  # it covers tcp:22
+    outranks_deny: bool  # priority number below gcpdl's deny rule: SSH from anywhere gets through
+    missing_deny: tuple[str, ...] = ()  # VMs whose own deny rule is gone
+
+    @property
+    def ssh_open(self) -> bool:
+        return self.reaches_ssh and (self.outranks_deny or bool(self.missing_deny))
 
     @property
     def harmless(self) -> bool:
-        """Shut by gcpdl's deny rule (SSH only, lower precedence), or ICMP only."""
-        return (self.ssh_only and not self.outranks_deny) or self.ports == "icmp"
+        """Shut by gcpdl's deny rule (SSH only), or ICMP only."""
+        return not self.ssh_open and (self.ssh_only or self.ports == "icmp")
 
     def message(self) -> str:
         who = ", ".join(self.vms)
@@ -236,13 +244,17 @@ class OpenRule:
         delete = f"gcloud compute firewall-rules delete {self.rule}"
         if self.reaches_ssh and self.outranks_deny:
             return f"{head}, and it outranks gcpdl's deny rule: SSH is open to everyone. Delete it if nothing needs it: {delete}"
+        if self.ssh_open:
+            vms = ", ".join(self.missing_deny)
+            return (f"{head}, and gcpdl's deny rule for {vms} is missing: SSH is open to everyone. "
+                    f"Restore it with: gcpdl start {self.missing_deny[0]} (or gcpdl up {self.missing_deny[0]})")
         if self.harmless:
             return f"{head}; gcpdl's deny rule shuts it for port 22."
         return f"{head}; gcpdl's deny rule covers port 22 but not the other ports. Delete it if nothing needs it: {delete}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "ports": self.ports, "vms": list(self.vms), "harmless": self.harmless,
-                "message": self.message(), "fix": None if self.harmless else f"gcloud compute firewall-rules delete {self.rule}"}
+                "ssh_open": self.ssh_open, "message": self.message()}
 
 
 def _ports(entries: Iterable[dict]) -> str:
@@ -268,11 +280,15 @@ def _covers_ssh(entries: list[dict]) -> bool:
     return False
 
 
-def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterable[str]]]) -> list[OpenRule]:
+def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterable[str]]],
+                     new_vms_network: str | None = None) -> list[OpenRule]:
     """Enabled INGRESS allow rules, other than gcpdl's own, that let 0.0.0.0/0 reach any of
     ``vms`` ((name, network, tags) each): rules with no target (every instance in the network)
-    or a target tag a gcpdl VM carries. Rules that target service accounts are left out:
-    gcpdl cannot tell which account they name from here."""
+    or a target tag a gcpdl VM carries. ``new_vms_network``: also count the VMs `up` would
+    create there (they carry only their own tag). Rules that target service accounts are left
+    out: which account they name cannot be matched from here."""
+    rules = list(rules)
+    names = {r.get("name") for r in rules}
     vm_list = [(name, network, set(tags)) for name, network, tags in vms]
     gcpdl_rules = {rq.firewall_name(n) for n, _, _ in vm_list} | {rq.deny_rule_name(n) for n, _, _ in vm_list}
     out = []
@@ -281,15 +297,17 @@ def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterab
             continue
         if r.get("name") in gcpdl_rules or r.get("targetServiceAccounts"):
             continue
-        if not any(ipaddress.ip_network(c, strict=False).prefixlen == 0 for c in r.get("sourceRanges") or []
-                   if _parses(c)):
+        if not any(ipaddress.ip_network(c, strict=False).prefixlen == 0 for c in r.get("sourceRanges") or [] if _parses(c)):
             continue
         net = str(r.get("network") or "").rsplit("/", 1)[-1]
         targets = set(r.get("targetTags") or [])
-        hit = tuple(n for n, network, tags in vm_list if network == net and (not targets or targets & tags))
+        hit = [n for n, network, tags in vm_list if network == net and (not targets or targets & tags)]
+        if new_vms_network == net and not targets:
+            hit.append(NEW_VMS)
         if hit:
-            outranks = int(r.get("priority", 1000)) < rq.DENY_PRIORITY
-            out.append(OpenRule(str(r["name"]), _ports(r["allowed"]), hit, _only_ssh(r["allowed"]), outranks, _covers_ssh(r["allowed"])))
+            missing = tuple(n for n in hit if n != NEW_VMS and rq.deny_rule_name(n) not in names)
+            out.append(OpenRule(str(r["name"]), _ports(r["allowed"]), tuple(hit), _only_ssh(r["allowed"]),
+                                _covers_ssh(r["allowed"]), int(r.get("priority", 1000)) < rq.DENY_PRIORITY, missing))
     return sorted(out, key=lambda o: o.rule)
 
 

@@ -602,6 +602,7 @@ class VmStatus:
     uptime_s: float | None
     autostop_reason: str | None = None
     disk_monthly: float | None = None  # stopped VMs: what their disks still cost a month
+    open_to_world: list[fw.OpenRule] = field(default_factory=list)  # other rules that let the internet in
 
     @property
     def spend_since_start(self) -> float | None:
@@ -618,16 +619,38 @@ class VmStatus:
             "spend_since_start": self.spend_since_start,
             "disk_monthly": self.disk_monthly,
             "autostop_reason": self.autostop_reason,
+            "open_to_world": [o.as_dict() for o in self.open_to_world if not o.harmless],
         }
 
 
 def status(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> list[VmStatus]:
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
-    vms = list_managed(compute, deadline)
-    if name is not None:
-        vms = [v for v in vms if v.name == name]
-        if not vms:
-            raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-status") as pool:
+        # the project's firewall rules (which open VMs to the world), read beside the VM list:
+        # status waits for no extra round trip
+        f_rules = pool.submit(_rules_or_none, compute, deadline)
+        vms = list_managed(compute, deadline)
+        if name is not None:
+            vms = [v for v in vms if v.name == name]
+            if not vms:
+                raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
+        out = _status_rows(compute, vms, deadline, now)
+        rules = f_rules.result()
+    if rules is not None and vms:
+        found = fw.world_open_rules(rules, [(v.name, v.network, v.tags) for v in vms])
+        for row in out:
+            row.open_to_world = [o for o in found if row.instance.name in o.vms]
+    return out
+
+
+def _rules_or_none(compute: Compute, deadline: Deadline) -> list[dict] | None:
+    try:
+        return fw.list_rules(compute, deadline)
+    except GcpdlError:
+        return None  # best effort: status still answers without the firewall findings
+
+
+def _status_rows(compute: Compute, vms: list[Instance], deadline: Deadline, now: Callable[[], float]) -> list[VmStatus]:
     stopped = [v for v in vms if v.status in STOPPED_STATES]
     preempted: dict[str, Future] = {}
     reasons: dict[str, Future] = {}
