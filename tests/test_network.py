@@ -302,3 +302,55 @@ def test_doctor_checks_the_network(env):
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["network default"]["ok"] is False
     assert "gcloud compute networks create default --subnet-mode=auto" in checks["network default"]["fix"]
+
+
+# --- ssh / jupyter: a timeout because the caller's address moved -------------------------------
+@pytest.fixture
+def blackhole():
+    """A TCP port on 127.0.0.1 that drops new connections, as a firewall does: its accept queue
+    (backlog 0) is full, so the kernel drops further SYNs and connect() times out."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        filler.close()
+        listener.close()
+
+
+@pytest.fixture
+def moved(gcp, blackhole, monkeypatch):
+    """box runs; its SSH rule allows the old address; this laptop is now somewhere else."""
+    gcp.add_instance("box", labels={"gcpdl": "managed"}, nat_ip="127.0.0.1", tags=["gcpdl-box"])
+    with gcp._lock:
+        body = {"name": "gcpdl-ssh-box", "network": "global/networks/default", "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
+                "sourceRanges": [f"{CALLER}/32"], "targetTags": ["gcpdl-box"]}
+        gcp.firewalls_by_name["gcpdl-ssh-box"] = gcp._firewall_body(gcp.project, "gcpdl-ssh-box", body)
+    monkeypatch.setenv("GCPDL_MY_IP", "198.51.100.9")
+    monkeypatch.setenv("GCPDL_ZONE", ZONE)
+    monkeypatch.setenv("GCPDL_SSH_PORT", str(blackhole))
+    monkeypatch.setenv("GCPDL_SSH_WAIT", "1")  # one connect attempt: the port never answers
+    return gcp
+
+
+@pytest.mark.parametrize("command", [("ssh", "box", "--", "true"), ("jupyter", "box", "--no-browser")])
+def test_a_timeout_after_the_address_changed_says_how_to_repoint_the_rule(moved, command):
+    result = run(*command)
+    assert result.exit_code != 0
+    assert "connection timed out" in result.stderr
+    assert (f"Your address changed: the SSH firewall rule gcpdl-ssh-box allows {CALLER}/32, and you are now at 198.51.100.9."
+            in result.stderr)
+    assert "Re-point the rule with: gcpdl start box (or gcpdl up box)" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_a_timeout_from_the_allowed_address_says_nothing_about_the_rule(moved, monkeypatch):
+    monkeypatch.setenv("GCPDL_MY_IP", CALLER)
+    result = run("ssh", "box", "--", "true")
+    assert result.exit_code != 0
+    assert "connection timed out" in result.stderr
+    assert "address changed" not in result.stderr and "Re-point" not in result.stderr

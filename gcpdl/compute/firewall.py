@@ -213,6 +213,28 @@ def ensure_rules(compute, vm_name: str, source: str | None, deadline, network: s
                 progress(f"Restored the firewall rule {c.resource} that keeps SSH to {vm_name} closed to everyone else.")
 
 
+def moved_address(factory: Any, vm_name: str) -> str | None:
+    """When an SSH connection timed out: a sentence saying the SSH rule does not allow the
+    caller's current address, or None when it does (or either cannot be found: then the
+    timeout has another cause and is reported as it is)."""
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+
+    try:
+        compute = Compute(factory, factory.project())
+        rule = compute.get_or_none(rule_path(compute.project, vm_name), Deadline(IP_LOOKUP_TIMEOUT * 3, "the SSH rule"))
+        here = ipaddress.ip_address(my_ip())
+    except GcpdlError:
+        return None
+    if rule is None:
+        return f"Its SSH firewall rule {rq.firewall_name(vm_name)} is missing, so nothing reaches it."
+    ranges = [c for c in rule.get("sourceRanges") or [] if _parses(c)]
+    if any(here in ipaddress.ip_network(c, strict=False) for c in ranges):
+        return None
+    return (f"Your address changed: the SSH firewall rule {rq.firewall_name(vm_name)} allows {', '.join(ranges) or 'nothing'}, "
+            f"and you are now at {here}.")
+
+
 # --- other rules that open gcpdl's VMs to the world ------------------------------------------
 NEW_VMS = "new gcpdl VMs"
 
