@@ -104,6 +104,7 @@ def test_down_removes_both_rules(env):
 
 def test_down_leftovers_removes_the_deny_rule(env):
     assert run("up", "box", "--yes").exit_code == 0
+    assert sorted(rule_names(env)) == ["gcpdl-deny-ssh-box", "gcpdl-ssh-box"]
     env.instances_by_key.clear()  # deleted in the console
     result = run("down", "box", "--yes")
     assert result.exit_code == 0, result.output
