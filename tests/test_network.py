@@ -355,3 +355,27 @@ def test_a_timeout_from_the_allowed_address_says_nothing_about_the_rule(moved, m
     assert result.exit_code != 0
     assert "connection timed out" in result.stderr
     assert "address changed" not in result.stderr and "Re-point" not in result.stderr
+
+
+def test_fake_serves_networks_and_subnetworks_over_rest(gcp):
+    """networks.get / subnetworks.get and list through the real REST session gcpdl reads with."""
+    from gcpdl.clients import ClientFactory
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+    from gcpdl.settings import resolve
+
+    gcp.add_network("lab-net", auto=False)
+    gcp.add_subnet("lab-central", "us-central1", "lab-net", "10.20.0.0/24")
+    compute = Compute(ClientFactory(resolve()), gcp.project)
+    base = f"/compute/v1/projects/{gcp.project}"
+    net = compute.get(f"{base}/global/networks/lab-net", Deadline(10))
+    assert net["autoCreateSubnetworks"] is False
+    assert net["subnetworks"] == ["https://www.googleapis.com/compute/v1/projects/test-project/regions/us-central1/subnetworks/lab-central"]
+    assert len(compute.get(f"{base}/global/networks/default", Deadline(10))["subnetworks"]) == 3  # one per region
+    sub = compute.get(f"{base}/regions/us-central1/subnetworks/lab-central", Deadline(10))
+    assert sub["ipCidrRange"] == "10.20.0.0/24" and sub["network"].endswith("/global/networks/lab-net")
+    names = [s["name"] for s in compute.get(f"{base}/regions/us-central1/subnetworks", Deadline(10))["items"]]
+    assert names == ["default", "lab-central"]
+    assert compute.get_or_none(f"{base}/regions/us-east1/subnetworks/lab-central", Deadline(10)) is None
+    gcp.remove_network("default")
+    assert compute.get_or_none(f"{base}/global/networks/default", Deadline(10)) is None

@@ -95,7 +95,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         confirm=None if yes else _confirm,
         confirm_above=settings.confirm_above,
         ready=_ready_step(factory, app) if wait else None,
-        network_given=vm.network != "default" or bool(network or settings.network),
+        network_given=vm.network != "default",  # a missing `default` gets the fix that creates it
     )
     result = lifecycle.up(ctx, vm)
     if app.verbose:

@@ -136,8 +136,9 @@ def network_checks(compute: Any, project: str, network: str | None, zone: str | 
             return [Check("firewall", False, e.message, e.fix)]
     out = []
     try:
-        choice = nw.choose(project, name, None, doc, zone or "us-central1-a", network is not None)
-        mode = "auto mode" if choice.auto else "custom mode"
+        # with a zone, also whether a VM there gets a subnet; without one, only that it exists
+        choice = nw.choose(project, name, None, doc, zone, name != "default") if zone or doc is None else None
+        mode = "auto mode" if (choice.auto if choice else (doc or {}).get("autoCreateSubnetworks")) else "custom mode"
         out.append(Check(f"network {name}", True, f"exists ({mode})"))
     except GcpdlError as e:
         out.append(Check(f"network {name}", False, e.message, e.fix))

@@ -47,11 +47,10 @@ def _subnets_by_region(doc: dict) -> dict[str, list[str]]:
     return {r: sorted(names) for r, names in out.items()}
 
 
-def choose(project: str, network: str, subnet: str | None, doc: dict | None, first_zone: str, given: bool) -> NetworkChoice:
+def choose(project: str, network: str, subnet: str | None, doc: dict | None, first_zone: str | None, given: bool) -> NetworkChoice:
     """The network and, per region, the subnet a VM in ``first_zone`` (and its failover zones)
     uses. ``doc`` is the network resource, None when it does not exist; ``given``: the user named
     the network (else it is `default`). Raises a one-line error with the fix."""
-    region = region_of(first_zone)
     alt = "or use an existing VPC network: gcpdl up NAME --network NETWORK [--subnet SUBNET]"
     if doc is None:
         if not given:
@@ -64,6 +63,7 @@ def choose(project: str, network: str, subnet: str | None, doc: dict | None, fir
             fix=f"See its networks with: gcloud compute networks list --project {project}",
         )
     by_region = _subnets_by_region(doc)
+    region = region_of(first_zone or "us-central1-a")
     legacy = "autoCreateSubnetworks" not in doc and bool(doc.get("IPv4Range"))
     if subnet is not None:
         if legacy:
