@@ -230,9 +230,10 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, create_deadline) if rule_call else None
         f_deny = pool.submit(fw.apply, compute, spec.name, deny_call, create_deadline) if deny_call else None
         try:
-            if f_deny is not None:
-                f_deny.result()
-            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras, choice)
+            # a data disk is made while the deny rule's operation runs; the instance waits for it
+            before_insert = f_deny.result if f_deny is not None else None
+            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras, choice,
+                                       before_insert)
         except BaseException:
             # only rules this run created are removed
             if _settle(f_fw):
@@ -292,9 +293,11 @@ def _cleanup(ctx: UpContext, call: ApiCall, what: str) -> None:
 
 
 def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str], deadline: Deadline,
-                     known_disk_zones: tuple[str, ...], extras: tuple[str, str], choice: nw.NetworkChoice | None = None) -> str:
+                     known_disk_zones: tuple[str, ...], extras: tuple[str, str], choice: nw.NetworkChoice | None = None,
+                     before_insert: Callable[[], Any] | None = None) -> str:
     """Try ``first``, then ``queue`` on stockout / regional quota. Returns the zone used.
-    ``extras`` is (ssh-keys, startup-script), the metadata the dry-run shows too."""
+    ``extras`` is (ssh-keys, startup-script), the metadata the dry-run shows too;
+    ``before_insert`` runs (and may raise) before every instance insert: the deny rule's wait."""
     compute, project = ctx.compute, ctx.compute.project
     tried: set[str] = set()
     skip_regions: set[str] = set()
@@ -315,6 +318,8 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
                     created_disk = True
             body = rq.instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup, now=ctx.now(),
                                     subnet=choice.subnet_for(zone) if choice else spec.subnet)
+            if before_insert is not None:
+                before_insert()
             compute.run(rq.instance_insert(project, zone, body), deadline)
             ctx.attempts.append(ZoneAttempt(zone, "created"))
             return zone
