@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,6 +42,8 @@ CONFIG_KEYS: dict[str, type] = {
     "ssh_port": int,  # the VM's sshd port (tests point it at a local sshd)
     "ssh_user": str,  # the login user on the VM
     "ssh_wait": float,  # seconds to wait for a booting VM's sshd to accept gcpdl's key
+    "network": str,  # VPC network for new VMs (default: default)
+    "subnet": str,  # its subnetwork (default: the region's own, or its only one)
 }
 
 
@@ -79,6 +82,8 @@ class Settings:
     ssh_port: int = DEFAULT_SSH_PORT
     ssh_user: str = DEFAULT_SSH_USER
     ssh_wait: float = DEFAULT_SSH_WAIT
+    network: str | None = None
+    subnet: str | None = None
     profile: str = "default"
     # where each resolved value came from, for `gcpdl config show`
     sources: dict[str, str] = field(default_factory=dict)
@@ -152,8 +157,16 @@ def _endpoint_root(url: str) -> str:
     return url
 
 
+_RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+
+
 def _coerce(key: str, value: Any) -> Any:
     typ = CONFIG_KEYS[key]
+    if key in ("network", "subnet"):
+        text = str(value).strip() if isinstance(value, str) else value
+        if not isinstance(text, str) or not _RESOURCE_NAME.fullmatch(text):
+            raise ConfigError(f"Config value {key}={value!r} is not a {key} name (lowercase letters, digits, hyphens; 1-63).")
+        return text
     try:
         if typ is list:
             if isinstance(value, str):
@@ -190,6 +203,8 @@ def resolve(
         "ssh_port": ("GCPDL_SSH_PORT",),
         "ssh_user": ("GCPDL_SSH_USER",),
         "ssh_wait": ("GCPDL_SSH_WAIT",),
+        "network": ("GCPDL_NETWORK",),
+        "subnet": ("GCPDL_SUBNET",),
     }.items():
         for name in names:
             if env.get(name):

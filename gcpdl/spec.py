@@ -147,6 +147,8 @@ class VmSpec:
     autostop_minutes: int | None = DEFAULT_AUTOSTOP_MINUTES  # None: off
     max_hours: float | None = None
     ssh_from: str | None = None  # CIDR; None: the caller's address /32, looked up at run time
+    network: str = "default"  # the VPC network the VM and its firewall rules live in
+    subnet: str | None = None  # its subnetwork; None: the region's own (auto mode) or its only one
     # what the user said explicitly: only those count as differences from an existing VM
     gpu_given: bool = True  # False: DEFAULT_GPU was assumed
     disk_given: bool = True  # False: DEFAULT_DISK_GB was assumed
@@ -302,6 +304,8 @@ def build_spec(
     autostop: str | None = None,
     max_hours: float | None = None,
     ssh_from: str | None = None,
+    network: str | None = None,
+    subnet: str | None = None,
 ) -> VmSpec:
     """Validate flags into a VmSpec; raise InvalidInput with a one-line message otherwise."""
     validate_name(name)
@@ -339,6 +343,8 @@ def build_spec(
     if max_hours is not None and not (0 < max_hours <= 24 * 120):
         raise InvalidInput(f"Invalid --max-hours {max_hours:g}: choose a number of hours between 0 and 2880.")
     cidr = validate_cidr(ssh_from) if ssh_from else None
+    net = validate_name(network.strip(), "--network name") if network is not None else "default"
+    sub = validate_name(subnet.strip(), "--subnet name") if subnet is not None else None
     return VmSpec(
         name=name,
         gpu=entry.key if entry else None,
@@ -353,6 +359,8 @@ def build_spec(
         autostop_minutes=parse_autostop(autostop),
         max_hours=max_hours,
         ssh_from=cidr,
+        network=net,
+        subnet=sub,
         gpu_given=gpu_given,
         disk_given=disk is not None,
     )

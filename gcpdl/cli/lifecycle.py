@@ -72,9 +72,28 @@ def start(app: App, name: str, project: str | None, as_json: bool) -> None:
 
     _validate(name)
     compute = _compute(app, project)
-    inst = lifecycle.start(compute, name, progress=app.say)
+    inst = lifecycle.start(compute, name, progress=app.say, ssh_from=_ssh_source(app))
     refresh_ssh_config(app, [inst])  # a restarted VM usually has a new ephemeral address
     app.emit(inst.summary(), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
+
+
+def _ssh_source(app: App) -> str | None:
+    """The source the SSH rule should allow now (the ssh_from setting, or this laptop's address),
+    or None with a warning when it cannot be found: starting the VM matters more."""
+    from gcpdl.compute import firewall
+    from gcpdl.errors import InvalidInput, GcpdlError
+    from gcpdl.spec import validate_cidr
+
+    settings = app.settings()
+    if settings.ssh_from:
+        return validate_cidr(settings.ssh_from)
+    try:
+        return firewall.ssh_source(None)
+    except InvalidInput:
+        raise
+    except GcpdlError as e:
+        app.warn(f"{e.message} The SSH rule keeps its address; pass it with: gcpdl up NAME --ssh-from CIDR")
+        return None
 
 
 @click.command()

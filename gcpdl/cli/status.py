@@ -33,6 +33,12 @@ def status(app: App, name: str | None, project: str | None, as_json: bool) -> No
 
     refresh_ssh_config(app, [s.instance for s in found])
     rows = [s.as_dict() for s in found]
+    warned: set[str] = set()
+    for s in found:
+        for rule in s.open_to_world:
+            if not rule.harmless and rule.rule not in warned:
+                warned.add(rule.rule)
+                app.warn(rule.message())
     app.emit(rows, as_json, _render)
 
 

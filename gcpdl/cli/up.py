@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from gcpdl.cli.app import App
@@ -26,6 +24,8 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default 60m).")
 @click.option("--max-hours", type=float, metavar="N", help="Stop the VM after N hours of running, whatever happens.")
 @click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
+@click.option("--network", metavar="NAME", help="VPC network for the VM and its firewall rules (default: default).")
+@click.option("--subnet", metavar="NAME", help="Subnetwork in the zone's region (default: the region's own or only one).")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect.")
 @zone_option
@@ -35,7 +35,7 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @dry_run_option
 @click.pass_obj
 def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk, spot,
-       autostop, max_hours, ssh_from, wait, zone, project, yes, as_json, dry_run) -> None:
+       autostop, max_hours, ssh_from, network, subnet, wait, zone, project, yes, as_json, dry_run) -> None:
     """Create the VM NAME (or start it again if it is stopped) and print how to reach it.
 
     \b
@@ -46,21 +46,26 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     from gcpdl import spec as specs
     from gcpdl.compute import lifecycle
 
+    settings = app.settings(project=project, zone=zone)
     vm = specs.build_spec(
         name, gpu=gpu, cpu_only=cpu_only, machine=machine, image_family=image_family, image_project=image_project,
         disk=disk, disk_type=disk_type, data_disk=data_disk, spot=spot, autostop=autostop, max_hours=max_hours,
-        ssh_from=ssh_from,
+        ssh_from=ssh_from, network=network or settings.network, subnet=subnet or settings.subnet,
     )
     if vm.machine_type in specs.SPOT_ONLY_MACHINES and not vm.spot:
         app.warn(f"{vm.machine_type} is sold only as Spot or Flex-start capacity; add --spot if creation is refused.")
-    settings = app.settings(project=project, zone=zone)
     candidates = _candidates(settings.zone, settings.zones)
     first = lifecycle.first_zone(None, candidates)
     for z in candidates:
         specs.validate_zone(z)
+    from gcpdl.compute import firewall
+
     source = vm.ssh_from or (specs.validate_cidr(settings.ssh_from) if settings.ssh_from else None)
-    if source is not None and _world(source):
-        app.warn(f"SSH will be open to the whole internet ({source}); prefer your own address.")
+    if source is None:
+        given = firewall.my_ip_from_env()  # checked now: a bad GCPDL_MY_IP is an input error, dry-run or not
+        source = f"{given}/32" if given else None
+    if source is not None and firewall.width_warning(source):
+        app.warn(firewall.width_warning(source))
 
     if dry_run:
         if not settings.project:
@@ -70,14 +75,10 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
                 "No Google Cloud project set (a dry run looks nothing up).",
                 fix="Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID",
             )
-        if source is None:
-            my_ip = os.environ.get("GCPDL_MY_IP")
-            source = f"{my_ip}/32" if my_ip else DRY_RUN_IP
-        plan = lifecycle.plan(settings.project, first, vm, source)
+        plan = lifecycle.plan(settings.project, first, vm, source or DRY_RUN_IP)
         app.emit(plan.as_dict(), as_json, _render_plan)
         return
 
-    from gcpdl.compute import firewall
     from gcpdl.compute.adapter import Compute, prefetch
 
     prefetch()
@@ -94,6 +95,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         confirm=None if yes else _confirm,
         confirm_above=settings.confirm_above,
         ready=_ready_step(factory, app) if wait else None,
+        network_given=vm.network != "default",  # a missing `default` gets the fix that creates it
     )
     result = lifecycle.up(ctx, vm)
     if app.verbose:
@@ -117,12 +119,6 @@ def _candidates(zone: str | None, zones: list[str]) -> list[str]:
     return out
 
 
-def _world(cidr: str) -> bool:
-    from gcpdl.compute.firewall import is_open_to_world
-
-    return is_open_to_world(cidr)
-
-
 def _confirm(price: float) -> bool:
     return click.confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?", default=False, err=True)
 
@@ -144,7 +140,8 @@ def _render_plan(plan: dict) -> str:
         stops.append(f"after {plan['max_hours']:g} h running at most")
     lines += [
         f"  stops     {', '.join(stops)}",
-        f"  ssh       tcp:22 from {plan['ssh_from']} only (Jupyter through the SSH tunnel)",
+        f"  network   {plan['network']}{' subnet ' + plan['subnet'] if plan['subnet'] else ''}",
+        f"  ssh       tcp:22 from {plan['ssh_from']} only, denied to everyone else (Jupyter through the SSH tunnel)",
         f"  price     ${plan['price_per_hour']:.2f}/h while running",
         "  requests:",
     ]

@@ -28,6 +28,8 @@ class InstancesMixin:
         check_metadata(body.get("metadata"), "resource.metadata")
         if not body.get("networkInterfaces"):
             raise ApiError(400, "Invalid value for field 'resource.networkInterfaces': ''. At least one network interface is required.")
+        for i, nic in enumerate(body["networkInterfaces"]):
+            self._nic_network(project, zone, nic, i)
         mt_name = self._machine_type_of(project, zone, body.get("machineType"))
         builtin = cat.MACHINE_TYPES[mt_name][2]
         accs = self._accelerators(project, zone, mt_name, builtin, body.get("guestAccelerators") or [])
@@ -312,12 +314,15 @@ class InstancesMixin:
         region = region_of(zone)
         nics = []
         for i, nic in enumerate(body.get("networkInterfaces") or [{}]):
-            net = (nic.get("network") or "global/networks/default").rsplit("/", 1)[-1]
+            if nic.get("subnetwork"):
+                net, sub = self._nic_network(project, zone, nic, i)
+            else:  # seeded instances (add_instance) land in the network named, existing or not
+                net = sub = (nic.get("network") or "global/networks/default").rsplit("/", 1)[-1]
             out = {
                 "kind": "compute#networkInterface",
                 "name": f"nic{i}",
                 "network": self._link(project, "global", "networks", net),
-                "subnetwork": self._link(project, "regions", region, "subnetworks", net),
+                "subnetwork": self._link(project, "regions", region, "subnetworks", sub),
                 "networkIP": f"10.128.0.{next(self._ip_counter)}",
                 "fingerprint": self._fingerprint(),
                 "stackType": "IPV4_ONLY",

@@ -143,6 +143,10 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             self.instances_by_key: dict[tuple[str, str], dict] = {}
             self.disks_by_key: dict[tuple[str, str], dict] = {}
             self.firewalls_by_name: dict[str, dict] = {}
+            # the default VPC (auto mode) with no rules; seed_default_rules() adds the rules a new
+            # project carries, remove_network("default") makes a project without it
+            self.networks: dict[str, dict] = {"default": {"auto": True, "id": "1000000000000000001"}}
+            self.subnets: dict[tuple[str, str], dict] = {}  # (region, name) -> custom-mode subnets
             self.operations: dict[str, Operation] = {}
             self.guest_attrs: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
             self.project_quotas: dict[str, list[float]] = {m: [lim, 0.0] for m, lim in cat.PROJECT_QUOTAS.items()}
@@ -585,6 +589,9 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             "compute.regionOperations.list": self._op_list,
             "compute.regionOperations.delete": self._op_delete,
             "compute.networks.get": self._networks_get,
+            "compute.networks.list": self._networks_list,
+            "compute.subnetworks.get": self._subnetworks_get,
+            "compute.subnetworks.list": self._subnetworks_list,
         }
         return h
 
