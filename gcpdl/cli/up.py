@@ -73,7 +73,9 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         if source is None:
             my_ip = os.environ.get("GCPDL_MY_IP")
             source = f"{my_ip}/32" if my_ip else DRY_RUN_IP
-        plan = lifecycle.plan(settings.project, first, vm, source)
+        login, found = _oslogin_for_plan(app, project, zone)
+        plan = lifecycle.plan(settings.project, first, vm, source, login=login)
+        plan.oslogin = found
         app.emit(plan.as_dict(), as_json, _render_plan)
         return
 
@@ -101,6 +103,24 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     for diff in result.differences:
         app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
     app.emit(result.as_dict(), as_json, _render_result)
+
+
+def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
+    """(gcpdl.oslogin.Login or None, what the plan says about OS Login). Read only (never a key
+    import), and only when credentials exist: with no Google account the dry-run stays offline."""
+    from gcpdl.clients import adc_available
+    from gcpdl.errors import GcpdlError
+
+    if not adc_available():
+        return None, {"checked": False, "enabled": None, "user": None,
+                      "detail": "not checked (no Google credentials); the plan assumes it is off"}
+    try:
+        from gcpdl.ssh.target import login_user
+
+        login = login_user(app.factory(project=project, zone=zone), {}, write=False)
+    except GcpdlError as e:
+        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {e.message}"}
+    return login, {"checked": True, "enabled": login.oslogin, "user": login.user, "detail": login.detail}
 
 
 def _ready_step(factory, app: App):
@@ -145,6 +165,7 @@ def _render_plan(plan: dict) -> str:
     lines += [
         f"  stops     {', '.join(stops)}",
         f"  ssh       tcp:22 from {plan['ssh_from']} only (Jupyter through the SSH tunnel)",
+        f"  os login  {_oslogin_line(plan.get('oslogin'))}",
         f"  price     ${plan['price_per_hour']:.2f}/h while running",
         "  requests:",
     ]
@@ -152,6 +173,14 @@ def _render_plan(plan: dict) -> str:
         lines.append(f"    {r['method']} {r['path']}")
     lines.append("Run it again without --dry-run to create it (--json shows the request bodies).")
     return "\n".join(lines)
+
+
+def _oslogin_line(found: dict | None) -> str:
+    if not found or not found["checked"] or not found["enabled"]:
+        detail = found["detail"] if found else "not checked"
+        return f"{detail}: gcpdl's key goes in the VM's ssh-keys metadata"
+    return (f"{found['detail']}: gcpdl's key goes into your OS Login profile (expires after 24 h), "
+            f"login as {found['user']}")
 
 
 def _render_result(r: dict) -> str:

@@ -44,6 +44,8 @@ class Plan:
     requests: list[ApiCall]
     price_per_hour: float
     ssh_from: str
+    # OS Login as the dry-run found it: {"checked", "enabled", "user", "detail"}
+    oslogin: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ class Plan:
             "max_hours": self.spec.max_hours,
             "price_per_hour": self.price_per_hour,
             "ssh_from": self.ssh_from,
+            "oslogin": self.oslogin,
             "requests": [c.to_json() for c in self.requests],
         }
 
@@ -69,12 +72,22 @@ def price_for(spec: VmSpec, zone: str) -> float:
     return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot, spec.disks()).total
 
 
-def startup_for(spec: VmSpec) -> str:
+def startup_for(spec: VmSpec, user: str | None = None) -> str:
+    """The startup script; ``user`` runs Jupyter (the OS Login POSIX user where OS Login is on)."""
     from gcpdl.startup import StartupOptions, render_startup_script
 
     return render_startup_script(
-        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes)
+        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes,
+                       **({"user": user} if user else {}))
     )
+
+
+def login_extras(spec: VmSpec, login: Any = None) -> tuple[str, str]:
+    """(ssh-keys, startup-script) metadata for a new VM. With OS Login (``login``, a
+    gcpdl.oslogin.Login) no ssh-keys entry: the key is in the caller's OS Login profile."""
+    if login is not None and login.oslogin:
+        return "", startup_for(spec, login.user)
+    return ssh_keys_entry(), startup_for(spec)
 
 
 def ssh_keys_entry() -> str:
@@ -83,8 +96,10 @@ def ssh_keys_entry() -> str:
     return ensure_keypair().metadata_entry()
 
 
-def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time) -> Plan:
-    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys_entry(), startup_script=startup_for(spec), now=now)
+def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time,
+         login: Any = None) -> Plan:
+    ssh_keys, startup = login_extras(spec, login)
+    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys, startup_script=startup, now=now)
     return Plan(project, zone, spec, calls, price_for(spec, zone), ssh_from)
 
 
@@ -152,8 +167,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     first = ctx.zones[0]
 
     with ThreadPoolExecutor(max_workers=6, thread_name_prefix="gcpdl-read") as pool:
-        # the key pair and the startup script are local work: done while the reads fly
-        f_extras = pool.submit(lambda: (ssh_keys_entry(), startup_for(spec)))
+        # OS Login is decided by the project's metadata (a new VM sets no enable-oslogin)
+        oslogin = compute.factory.oslogin()
+        f_project = pool.submit(oslogin.project_info)
         f_existing = pool.submit(find, compute, spec.name, deadline)
         f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
         # a GPU's zones come with its acceleratorTypes; without one, ask whether the zone exists
@@ -176,7 +192,10 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         rule = f_rule.result()
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
-        extras = f_extras.result()
+        f_project.result()
+        # with OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys), and the
+        # startup script runs Jupyter as their POSIX user
+        extras = login_extras(spec, oslogin.login({}))
 
     if f_zone is not None and f_zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")

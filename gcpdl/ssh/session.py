@@ -227,7 +227,14 @@ def target_session(app_factory: object, name: str, zone: str | None, report: Rep
     factory: object = app_factory
     target = resolve_target(factory, name, zone)
     seconds = float(getattr(getattr(factory, "settings"), "ssh_wait"))
-    return connect(target, Deadline(seconds, what=f"SSH on {name}"), report=report)
+    try:
+        return connect(target, Deadline(seconds, what=f"SSH on {name}"), report=report)
+    except KeyNotAuthorized:
+        if not target.oslogin:
+            raise
+        from gcpdl.oslogin import refusal
+
+        raise refusal(factory, target) from None
 
 
 __all__ = ["GcpdlError", "KeyNotAuthorized", "RunResult", "Session", "connect", "open_transport", "target_session"]
