@@ -321,12 +321,16 @@ class OsLogin:
     def _rest(self, method: str, url: str, api: str, params: dict[str, str] | None = None,
               body: Any = None) -> dict[str, Any]:
         import requests
+        from google.auth.exceptions import GoogleAuthError
 
         try:
             resp = self.factory.session.request(method, url, params=params, json=body, timeout=HTTP_TIMEOUT)
         except requests.RequestException as e:
             root = url.split("/v1/")[0].split("/compute/v1")[0]
             raise GcpdlError(f"Cannot reach the {api} at {root}: {type(e).__name__}.") from None
+        except GoogleAuthError as e:
+            raise CredentialsError(f"Could not get an access token: {str(e).splitlines()[0][:160]}",
+                                   fix="Run: gcloud auth application-default login") from None
         if resp.status_code < 400:
             return resp.json() if resp.content else {}
         try:

@@ -361,3 +361,27 @@ def test_an_unreachable_oslogin_endpoint_is_one_clear_error(gcp, os_vm, monkeypa
     assert r.exit_code == 1
     assert r.stderr.startswith("Error: Cannot reach the OS Login API at http://127.0.0.1:")
     assert os_vm.requests == []  # it went where the setting said, not to the default
+
+
+def test_dry_run_before_the_first_import_names_no_user(gcp, uenv):
+    gcp.set_project_metadata("enable-oslogin", "TRUE")  # the account has no POSIX user yet
+    plan = json.loads(_dry("--json").stdout)
+    assert plan["oslogin"]["enabled"] is True and plan["oslogin"]["user"] is None
+    assert "login as the POSIX user OS Login creates at the first key import" in _dry().stdout
+    assert uenv.imports() == []
+
+
+def test_up_refused_at_the_price_prompt_imports_nothing(gcp, uenv, monkeypatch):
+    gcp.set_project_metadata("enable-oslogin", "TRUE")
+    monkeypatch.setenv("GCPDL_CONFIRM_ABOVE", "0")
+    r = CliRunner().invoke(cli, ["up", "box", "--cpu-only", "--no-wait"], input="n\n")
+    assert r.exit_code != 0
+    assert uenv.imports() == [] and gcp.instances() == []
+
+
+def test_status_without_a_posix_account_writes_no_wrong_user(gcp, os_vm):
+    os_vm.usernames.clear()  # the caller never logged in with OS Login: no account yet
+    result = CliRunner().invoke(cli, ["status", "--json"])
+    assert result.exit_code == 0, result.output
+    assert os_vm.imports() == []
+    assert not managed_path().exists() or "Host box" not in managed_path().read_text()

@@ -41,6 +41,8 @@ def refresh_ssh_config(app: App, instances) -> None:
             # pinned, later refreshes cost no API call.
             keys = () if read_known(host_alias(inst.instance_id)) else guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
             user = login_user(factory, inst.metadata, write=False).user  # the OS Login user where it is on
+            if not user:  # OS Login, and this account never logged in: `gcpdl ssh` writes it
+                continue
             refresh_host(inst.name, inst.external_ip, inst.instance_id, user=user, port=settings.ssh_port,
                          host_keys=keys)
         except (OSError, GcpdlError) as e:

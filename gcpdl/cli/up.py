@@ -114,13 +114,16 @@ def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
     if not adc_available():
         return None, {"checked": False, "enabled": None, "user": None,
                       "detail": "not checked (no Google credentials); the plan assumes it is off"}
-    try:
-        from gcpdl.ssh.target import login_user
+    from google.auth.exceptions import GoogleAuthError
 
+    from gcpdl.ssh.target import login_user
+
+    try:
         login = login_user(app.factory(project=project, zone=zone), {}, write=False)
-    except GcpdlError as e:
-        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {e.message}"}
-    return login, {"checked": True, "enabled": login.oslogin, "user": login.user, "detail": login.detail}
+    except (GcpdlError, GoogleAuthError) as e:
+        reason = e.message if isinstance(e, GcpdlError) else str(e).splitlines()[0][:160]
+        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {reason}"}
+    return login, {"checked": True, "enabled": login.oslogin, "user": login.user or None, "detail": login.detail}
 
 
 def _ready_step(factory, app: App):
@@ -179,8 +182,8 @@ def _oslogin_line(found: dict | None) -> str:
     if not found or not found["checked"] or not found["enabled"]:
         detail = found["detail"] if found else "not checked"
         return f"{detail}: gcpdl's key goes in the VM's ssh-keys metadata"
-    return (f"{found['detail']}: gcpdl's key goes into your OS Login profile (expires after 24 h), "
-            f"login as {found['user']}")
+    user = found["user"] or "the POSIX user OS Login creates at the first key import"
+    return f"{found['detail']}: gcpdl's key goes into your OS Login profile (expires after 24 h), login as {user}"
 
 
 def _render_result(r: dict) -> str:

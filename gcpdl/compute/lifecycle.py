@@ -193,9 +193,6 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
         f_project.result()
-        # with OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys), and the
-        # startup script runs Jupyter as their POSIX user
-        extras = login_extras(spec, oslogin.login({}))
 
     if f_zone is not None and f_zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
@@ -222,6 +219,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
         raise Aborted("Nothing created.")
+    # With OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys) and the
+    # startup script runs Jupyter as their POSIX user. Only now: a refused `up` imports nothing.
+    extras = login_extras(spec, oslogin.login({}))
 
     # The firewall rule is not needed until SSH; create it beside the VM, off the critical path.
     rule_call = fw.plan_rule(project, spec.name, ctx.ssh_from, rule)

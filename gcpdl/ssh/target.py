@@ -154,7 +154,8 @@ def login_user(factory: Any, metadata: Mapping[str, str] | None = None, write: b
 
     OS Login on (instance metadata, else project metadata): the caller's POSIX user from their
     OS Login profile, gcpdl's key imported there first (``write=False``: read only, for the ssh
-    config). Off: ``settings.ssh_user``, whose key the VM's `ssh-keys` metadata holds."""
+    config and the dry-run; user "" when OS Login has no POSIX account for the caller yet).
+    Off: ``settings.ssh_user``, whose key the VM's `ssh-keys` metadata holds."""
     from gcpdl.oslogin import Login
 
     oslogin = factory.oslogin()
@@ -163,7 +164,7 @@ def login_user(factory: Any, metadata: Mapping[str, str] | None = None, write: b
     setting = oslogin.setting(metadata)
     if not setting.enabled:
         return Login(factory.settings.ssh_user, False, setting.describe())
-    return Login(oslogin.profile().username or factory.settings.ssh_user, True, setting.describe())
+    return Login(oslogin.profile().username or "", True, setting.describe())
 
 
 def resolve_target(factory: Any, name: str, zone: str | None = None, require_running: bool = True) -> SshTarget:
