@@ -385,3 +385,40 @@ def test_status_without_a_posix_account_writes_no_wrong_user(gcp, os_vm):
     assert result.exit_code == 0, result.output
     assert os_vm.imports() == []
     assert not managed_path().exists() or "Host box" not in managed_path().read_text()
+
+
+def test_jupyter_tunnel_as_the_posix_user(gcp, os_vm, oslogin_sshd, jupyter_server):
+    """`gcpdl jupyter` (a real process) finds the server as the OS Login user and tunnels to it."""
+    import os
+    import signal
+    import sys
+
+    import requests
+
+    proc = subprocess.Popen([sys.executable, "-m", "gcpdl", "jupyter", "box", "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.endswith(f"/?token={jupyter_server.token}"), url
+        r = requests.get(url.split("?")[0] + "api/status", headers={"Authorization": f"token {jupyter_server.token}"}, timeout=10)
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert len(os_vm.imports()) == 1
+
+
+def test_sync_on_a_vm_as_the_posix_user(gcp, os_vm, oslogin_sshd, gcs, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("GCPDL_REMOTE_PYTHON", sys.executable)
+    monkeypatch.setenv("GCPDL_REMOTE_DIR", str(tmp_path / "vm-gcpdl"))
+    gcs.create_bucket("osdata", public=True)
+    names = gcs.generate("osdata", "d/", count=5, size=1000, seed=3)
+    dest = tmp_path / "vm-disk" / "d"
+    r = CliRunner().invoke(cli, ["sync", "gs://osdata/d", str(dest), "--on", "box", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["files"] == 5
+    assert sorted(p.name for p in dest.iterdir() if p.name != ".gcpdl") == sorted(n[len("d/"):] for n in names)
+    assert len(os_vm.imports()) == 1
