@@ -234,10 +234,21 @@ class OsLogin:
         """users.getLoginProfile for this project."""
         with self._lock:
             if self._profile is None or fresh:
-                data = self._rest("GET", f"{self._user_path()}/loginProfile", "OS Login API",
-                                  params={"projectId": self.factory.project()})
+                try:
+                    data = self._rest("GET", f"{self._user_path()}/loginProfile", "OS Login API",
+                                      params={"projectId": self.factory.project()})
+                except PermissionDenied as e:
+                    raise self._refused("OS Login refused to read your login profile", e) from None
                 self._profile = LoginProfile.from_api(self.email(), data)
             return self._profile
+
+    def _refused(self, what: str, e: PermissionDenied) -> PermissionDenied:
+        """A 403 from the OS Login API; an account from outside the organisation gets its own fix."""
+        project, email = self.factory.project(), self.email()
+        if "external" in e.message.lower():
+            return PermissionDenied(f"{what}: {email} is outside the organisation of project {project}.",
+                                    fix=external_fix(project, email))
+        return PermissionDenied(f"{what} for {email}: {e.message}", fix=e.fix)
 
     # --- the one write -----------------------------------------------------------------------
     def ensure_key(self, public_line: str) -> LoginProfile:
@@ -261,11 +272,7 @@ class OsLogin:
             data = self._rest("POST", f"{self._user_path()}:importSshPublicKey", "OS Login API",
                               params={"projectId": project}, body=body)
         except PermissionDenied as e:
-            email = self.email()
-            if "external" in e.message.lower():
-                raise PermissionDenied(f"OS Login refused gcpdl's key: {email} is outside the organisation of project {project}.",
-                                       fix=external_fix(project, email)) from None
-            raise PermissionDenied(f"OS Login refused gcpdl's key for {email}: {e.message}", fix=e.fix) from None
+            raise self._refused("OS Login refused gcpdl's key", e) from None
         if data.get("loginProfile"):
             self._profile = LoginProfile.from_api(self.email(), data["loginProfile"])
             return self._profile
@@ -312,6 +319,21 @@ class OsLogin:
             if ACT_AS not in self._granted(url, [ACT_AS], "IAM API"):
                 missing.append(sa_user_fix(project, email, account))
         return missing
+
+    def require_roles_for_new_vm(self) -> None:
+        """Before `up` creates a VM under OS Login: the roles logging in will need (granted on
+        the project or above, as a new VM inherits nothing else), as one error, so no VM is
+        paid for that the caller cannot reach. Best effort: where the check itself cannot be
+        answered (an API disabled, say), the ready wait checks the VM again."""
+        try:
+            missing = self.missing_roles(None)
+        except GcpdlError:
+            return
+        if missing:
+            raise PermissionDenied(
+                f"You could not log in to a new VM with OS Login: {'; '.join(m.why for m in missing)}. Nothing created.",
+                fix="Run: " + " && ".join(m.fix for m in missing),
+            )
 
     def _granted(self, url: str, permissions: list[str], api: str) -> set[str]:
         data = self._rest("POST", url, api, body={"permissions": permissions})

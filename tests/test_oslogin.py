@@ -117,6 +117,17 @@ def test_doctor_accepts_actas_granted_on_the_service_account_only(gcp, denv):
         f"/v1/projects/-/serviceAccounts/{VM_SA}:testIamPermissions"]
 
 
+def test_doctor_tells_an_external_account_which_role_it_needs(gcp, denv):
+    gcp.set_project_metadata("enable-oslogin", "TRUE")
+    denv.fail_profile(403)
+    r = run("doctor", "--cpu-only", "--json")
+    assert r.exit_code == 1
+    c = checks(r)["os login"]
+    assert c["detail"] == (f"on (project metadata enable-oslogin=TRUE); OS Login refused to read your login profile: "
+                           f"{SA_EMAIL} is outside the organisation of project test-project.")
+    assert c["fix"].endswith(f"--member=serviceAccount:{SA_EMAIL} --role=roles/compute.osLoginExternalUser")
+
+
 # --- up: key import only when on ---------------------------------------------------------------
 @pytest.fixture
 def uenv(oslogin, monkeypatch):
@@ -151,6 +162,19 @@ def test_up_with_oslogin_imports_the_key_and_leaves_ssh_keys_out(gcp, uenv):
     # Jupyter runs as the OS Login POSIX user
     assert "sa_777" in meta["startup-script"]
     assert gcp.project_metadata == {"enable-oslogin": "TRUE"}
+
+
+def test_up_without_the_login_role_stops_before_creating_anything(gcp, uenv):
+    gcp.set_project_metadata("enable-oslogin", "TRUE")
+    uenv.denied |= {"compute.instances.osLogin", "compute.instances.osAdminLogin"}
+    r = run("up", "box", "--cpu-only", "--yes")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[-1] == (
+        f"Error: You could not log in to a new VM with OS Login: {SA_EMAIL} may not log in to VMs with OS Login "
+        "(needs roles/compute.osLogin, or roles/compute.osAdminLogin for sudo). Nothing created. "
+        f"Run: gcloud projects add-iam-policy-binding test-project --member=serviceAccount:{SA_EMAIL} --role=roles/compute.osLogin"
+    )
+    assert gcp.instances() == [] and gcp.firewalls() == [] and uenv.imports() == []
 
 
 def test_key_is_reimported_only_when_missing_or_close_to_expiry(gcp, oslogin):

@@ -221,6 +221,8 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         raise Aborted("Nothing created.")
     # With OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys) and the
     # startup script runs Jupyter as their POSIX user. Only now: a refused `up` imports nothing.
+    if oslogin.setting({}).enabled:
+        oslogin.require_roles_for_new_vm()
     extras = login_extras(spec, oslogin.login({}))
 
     # The firewall rule is not needed until SSH; create it beside the VM, off the critical path.

@@ -14,7 +14,7 @@ State to inspect or set (``reset()`` before each test): profiles {email: {"usern
 "keys": {fingerprint: {...}}}}, usernames {email: POSIX name a new account gets}, denied
 (permissions refused everywhere), project_denied (refused only project-wide),
 refuse_login (usernames whose keys the VM side does not see), token_emails, requests
-[(method, path, query, body)], fail_import(status, message), now (clock for expiry).
+[(method, path, query, body)], fail_import / fail_profile(status, message), now (clock for expiry).
 """
 
 from __future__ import annotations
@@ -72,11 +72,15 @@ class FakeOsLogin:
             self.token_emails: dict[str, str] = {}
             self.requests: list[tuple[str, str, dict[str, str], Any]] = []
             self._import_failures: list[tuple[int, str]] = []
+            self._profile_failures: list[tuple[int, str]] = []
             self.now: Callable[[], float] = time.time
 
     # --- test helpers ------------------------------------------------------------------------
     def fail_import(self, status: int = 403, message: str = EXTERNAL_MESSAGE, times: int = 1) -> None:
         self._import_failures += [(status, message)] * times
+
+    def fail_profile(self, status: int = 403, message: str = EXTERNAL_MESSAGE, times: int = 1) -> None:
+        self._profile_failures += [(status, message)] * times
 
     def imports(self) -> list[tuple[str, dict]]:
         """(email, body) of every importSshPublicKey request."""
@@ -165,6 +169,9 @@ class FakeOsLogin:
     def _route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, str, bytes]:
         m = re.fullmatch(r"/v1/users/([^/:]+)/loginProfile", path)
         if m and method == "GET":
+            if self._profile_failures:
+                status, message = self._profile_failures.pop(0)
+                return _error(status, message, "PERMISSION_DENIED" if status == 403 else "INTERNAL")
             return _ok(self._profile_body(m.group(1)))
         m = re.fullmatch(r"/v1/users/([^/:]+):importSshPublicKey", path)
         if m and method == "POST":
