@@ -122,7 +122,7 @@ def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
         login = login_user(app.factory(project=project, zone=zone), {}, write=False)
     except (GcpdlError, GoogleAuthError) as e:
         reason = e.message if isinstance(e, GcpdlError) else str(e).splitlines()[0][:160]
-        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {reason}"}
+        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {reason.rstrip('.')}"}
     return login, {"checked": True, "enabled": login.oslogin, "user": login.user or None, "detail": login.detail}
 
 
