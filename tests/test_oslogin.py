@@ -446,3 +446,15 @@ def test_sync_on_a_vm_as_the_posix_user(gcp, os_vm, oslogin_sshd, gcs, tmp_path,
     assert json.loads(r.stdout)["files"] == 5
     assert sorted(p.name for p in dest.iterdir() if p.name != ".gcpdl") == sorted(n[len("d/"):] for n in names)
     assert len(os_vm.imports()) == 1
+
+
+def test_dry_run_with_unusable_credentials_still_plans(monkeypatch, tmp_path):
+    bad = tmp_path / "adc.json"
+    bad.write_text('{"type": "service_account"}')
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(bad))
+    monkeypatch.setenv("GCPDL_PROJECT", "demo-project")
+    monkeypatch.setenv("GCPDL_ZONE", ZONE)
+    r = _dry("--json")
+    assert r.exit_code == 0, r.output
+    found = json.loads(r.stdout)["oslogin"]
+    assert found["checked"] is False and found["detail"].startswith("could not check: No Google credentials found")
