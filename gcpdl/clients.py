@@ -20,6 +20,10 @@ if TYPE_CHECKING:  # pragma: no cover
 COMPUTE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STORAGE_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
+DEFAULT_OSLOGIN_ENDPOINT = "https://oslogin.googleapis.com"
+DEFAULT_RESOURCEMANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
+DEFAULT_IAM_ENDPOINT = "https://iam.googleapis.com"
+DEFAULT_OAUTH2_ENDPOINT = "https://oauth2.googleapis.com"
 ADC_FIX = "Run: gcloud auth application-default login"
 
 
@@ -102,6 +106,20 @@ def compute_types() -> Any:
     return importlib.import_module("google.cloud.compute_v1.types.compute")
 
 
+def adc_available() -> bool:
+    """Whether Application Default Credentials are there to be found, without importing
+    google-auth (a dry-run with no Google account must stay offline and fast): a key file named
+    by GOOGLE_APPLICATION_CREDENTIALS, or gcloud's application-default login file."""
+    import os
+
+    from gcpdl.settings import gcloud_config_dir
+
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        return os.path.isfile(named)
+    return (gcloud_config_dir() / "application_default_credentials.json").is_file()
+
+
 class ClientFactory:
     def __init__(self, settings: Settings, credentials: "google.auth.credentials.Credentials | None" = None):
         self.settings = settings
@@ -178,6 +196,32 @@ class ClientFactory:
         from google.auth.transport.requests import AuthorizedSession
 
         return AuthorizedSession(self.credentials())
+
+    # --- OS Login and the APIs its checks need (plain REST on the same session) ----------------
+    @property
+    def oslogin_endpoint(self) -> str:
+        return (self.settings.oslogin_endpoint or DEFAULT_OSLOGIN_ENDPOINT).rstrip("/")
+
+    @property
+    def resourcemanager_endpoint(self) -> str:
+        return (self.settings.resourcemanager_endpoint or DEFAULT_RESOURCEMANAGER_ENDPOINT).rstrip("/")
+
+    @property
+    def iam_endpoint(self) -> str:
+        return (self.settings.iam_endpoint or DEFAULT_IAM_ENDPOINT).rstrip("/")
+
+    @property
+    def oauth2_endpoint(self) -> str:
+        return (self.settings.oauth2_endpoint or DEFAULT_OAUTH2_ENDPOINT).rstrip("/")
+
+    def oslogin(self) -> Any:
+        """The OS Login helper for this factory (gcpdl.oslogin.OsLogin): one per factory, so the
+        project's setting and the login profile are read once per command."""
+        if "oslogin" not in self._clients:
+            from gcpdl.oslogin import OsLogin
+
+            self._clients["oslogin"] = OsLogin(self)
+        return self._clients["oslogin"]
 
     # --- Cloud Storage -----------------------------------------------------------------------
     @property

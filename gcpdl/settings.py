@@ -35,6 +35,11 @@ CONFIG_KEYS: dict[str, type] = {
     "zones": list,  # candidate zones for failover, in order
     "compute_endpoint": str,
     "storage_endpoint": str,
+    "oslogin_endpoint": str,  # OS Login API (tests' stand-in, or Private Service Connect)
+    "resourcemanager_endpoint": str,  # Cloud Resource Manager (doctor's permission checks)
+    "iam_endpoint": str,  # IAM (actAs on the VM's service account)
+    "oauth2_endpoint": str,  # tokeninfo: the account of user credentials
+    "account": str,  # the Google account gcpdl acts as (for OS Login), when the credentials do not say
     "credits": float,
     "confirm_above": float,
     "poll_interval": float,
@@ -75,6 +80,11 @@ class Settings:
     zones: list[str] = field(default_factory=list)
     compute_endpoint: str | None = None
     storage_endpoint: str | None = None
+    oslogin_endpoint: str | None = None
+    resourcemanager_endpoint: str | None = None
+    iam_endpoint: str | None = None
+    oauth2_endpoint: str | None = None
+    account: str | None = None
     credits: float | None = None
     confirm_above: float = DEFAULT_CONFIRM_ABOVE
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -158,6 +168,8 @@ def _endpoint_root(url: str) -> str:
 
 
 _RESOURCE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+# endpoints of the APIs OS Login needs: the root URL only (https://oslogin.googleapis.com)
+_API_ENDPOINTS = ("oslogin_endpoint", "resourcemanager_endpoint", "iam_endpoint", "oauth2_endpoint")
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -196,6 +208,11 @@ def resolve(
         "zones": ("GCPDL_ZONES",),
         "compute_endpoint": ("GCPDL_COMPUTE_ENDPOINT",),
         "storage_endpoint": ("GCPDL_STORAGE_ENDPOINT", "STORAGE_EMULATOR_HOST"),
+        "oslogin_endpoint": ("GCPDL_OSLOGIN_ENDPOINT",),
+        "resourcemanager_endpoint": ("GCPDL_RESOURCEMANAGER_ENDPOINT",),
+        "iam_endpoint": ("GCPDL_IAM_ENDPOINT",),
+        "oauth2_endpoint": ("GCPDL_OAUTH2_ENDPOINT",),
+        "account": ("GCPDL_ACCOUNT",),
         "credits": ("GCPDL_CREDITS",),
         "confirm_above": ("GCPDL_CONFIRM_ABOVE",),
         "poll_interval": ("GCPDL_POLL_INTERVAL",),
@@ -221,7 +238,7 @@ def resolve(
             if key in names and key in CONFIG_KEYS:
                 setattr(settings, key, _coerce(key, value))
                 settings.sources[key] = source
-    for key in ("compute_endpoint", "storage_endpoint"):
+    for key in ("compute_endpoint", "storage_endpoint", *_API_ENDPOINTS):
         value = getattr(settings, key)
         if value:
             if "://" not in value:

@@ -1,4 +1,4 @@
-"""`gcpdl doctor`: are credentials, project, API, billing and GPU quota ready for `up`?"""
+"""`gcpdl doctor`: are credentials, project, API, billing, OS Login roles and GPU quota ready for `up`?"""
 
 from __future__ import annotations
 

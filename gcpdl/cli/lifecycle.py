@@ -28,7 +28,7 @@ def refresh_ssh_config(app: App, instances) -> None:
     from gcpdl.errors import GcpdlError
     from gcpdl.ssh.hostkeys import host_alias, read_known
     from gcpdl.ssh.sshconfig import refresh_host
-    from gcpdl.ssh.target import guest_hostkeys
+    from gcpdl.ssh.target import guest_hostkeys, login_user
 
     settings = app.settings()
     factory = app.factory()
@@ -40,7 +40,10 @@ def refresh_ssh_config(app: App, instances) -> None:
             # another one) needs its published keys pinned, or `ssh NAME` refuses it. Once
             # pinned, later refreshes cost no API call.
             keys = () if read_known(host_alias(inst.instance_id)) else guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
-            refresh_host(inst.name, inst.external_ip, inst.instance_id, user=settings.ssh_user, port=settings.ssh_port,
+            user = login_user(factory, inst.metadata, write=False).user  # the OS Login user where it is on
+            if not user:  # OS Login, and this account never logged in: `gcpdl ssh` writes it
+                continue
+            refresh_host(inst.name, inst.external_ip, inst.instance_id, user=user, port=settings.ssh_port,
                          host_keys=keys)
         except (OSError, GcpdlError) as e:
             app.warn(f"Could not update the ssh config entry for {inst.name}: {e}")

@@ -75,7 +75,9 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
                 "No Google Cloud project set (a dry run looks nothing up).",
                 fix="Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID",
             )
-        plan = lifecycle.plan(settings.project, first, vm, source or DRY_RUN_IP)
+        login, found = _oslogin_for_plan(app, project, zone)
+        plan = lifecycle.plan(settings.project, first, vm, source or DRY_RUN_IP, login=login)
+        plan.oslogin = found
         app.emit(plan.as_dict(), as_json, _render_plan)
         return
 
@@ -103,6 +105,27 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     for diff in result.differences:
         app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
     app.emit(result.as_dict(), as_json, _render_result)
+
+
+def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
+    """(gcpdl.oslogin.Login or None, what the plan says about OS Login). Read only (never a key
+    import), and only when credentials exist: with no Google account the dry-run stays offline."""
+    from gcpdl.clients import adc_available
+    from gcpdl.errors import GcpdlError
+
+    if not adc_available():
+        return None, {"checked": False, "enabled": None, "user": None,
+                      "detail": "not checked (no Google credentials); the plan assumes it is off"}
+    from google.auth.exceptions import GoogleAuthError
+
+    from gcpdl.ssh.target import login_user
+
+    try:
+        login = login_user(app.factory(project=project, zone=zone), {}, write=False)
+    except (GcpdlError, GoogleAuthError) as e:
+        reason = e.message if isinstance(e, GcpdlError) else str(e).splitlines()[0][:160]
+        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {reason.rstrip('.')}"}
+    return login, {"checked": True, "enabled": login.oslogin, "user": login.user or None, "detail": login.detail}
 
 
 def _ready_step(factory, app: App):
@@ -142,6 +165,7 @@ def _render_plan(plan: dict) -> str:
         f"  stops     {', '.join(stops)}",
         f"  network   {plan['network']}{' subnet ' + plan['subnet'] if plan['subnet'] else ''}",
         f"  ssh       tcp:22 from {plan['ssh_from']} only, denied to everyone else (Jupyter through the SSH tunnel)",
+        f"  os login  {_oslogin_line(plan.get('oslogin'))}",
         f"  price     ${plan['price_per_hour']:.2f}/h while running",
         "  requests:",
     ]
@@ -149,6 +173,14 @@ def _render_plan(plan: dict) -> str:
         lines.append(f"    {r['method']} {r['path']}")
     lines.append("Run it again without --dry-run to create it (--json shows the request bodies).")
     return "\n".join(lines)
+
+
+def _oslogin_line(found: dict | None) -> str:
+    if not found or not found["checked"] or not found["enabled"]:
+        detail = found["detail"] if found else "not checked"
+        return f"{detail}: gcpdl's key goes in the VM's ssh-keys metadata"
+    user = found["user"] or "the POSIX user OS Login creates at the first key import"
+    return f"{found['detail']}: gcpdl's key goes into your OS Login profile (expires after 24 h), login as {user}"
 
 
 def _render_result(r: dict) -> str:

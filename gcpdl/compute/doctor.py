@@ -66,6 +66,7 @@ def run_checks(factory: ClientFactory, gpu: str | None, spot: bool, zone: str | 
     checks.append(Check("compute api", True, "compute.googleapis.com enabled"))
     checks.append(_billing(compute, project, zone, deadline))
     checks += network_checks(compute, project, getattr(factory.settings, "network", None), zone, deadline)
+    checks += oslogin_checks(factory, info)
     if not gpu:
         return checks
     checks.append(_quota_check(project, ALL_REGIONS, None, info.get("quotas") or []))
@@ -149,3 +150,31 @@ def network_checks(compute: Any, project: str, network: str | None, zone: str | 
     if not found:
         out.append(Check("firewall", True, "no rule opens gcpdl's VMs to the whole internet"))
     return out
+
+
+def oslogin_checks(factory: ClientFactory, project_info: dict[str, Any]) -> list[Check]:
+    """Is OS Login on (project metadata), and if so: the caller's account and POSIX user, and the
+    roles it needs, each missing one with the exact grant command. Reads only: no key import."""
+    from gcpdl.oslogin import ROLE_LOGIN, ROLE_SA_USER
+
+    oslogin = factory.oslogin()
+    oslogin.remember_project(project_info)
+    setting = oslogin.setting({})
+    if not setting.enabled:
+        return [Check("os login", True, f"{setting.describe()}: gcpdl puts its key in each VM's ssh-keys metadata")]
+    try:
+        email = oslogin.email()
+        user = oslogin.profile().username or "a POSIX user OS Login creates when gcpdl first adds its key"
+    except GcpdlError as e:
+        return [Check("os login", False, f"{setting.describe()}; {e.message}", e.fix)]
+    checks = [Check("os login", True, f"{setting.describe()}: {email} logs in as {user}")]
+    try:
+        missing = {m.role: m for m in oslogin.missing_roles(None)}
+    except GcpdlError as e:
+        return checks + [Check("os login roles", False, e.message, e.fix)]
+    for role, granted in ((ROLE_LOGIN, f"{email} may log in with OS Login"),
+                          (ROLE_SA_USER, f"{email} may act as the VMs' service account")):
+        m = missing.get(role)
+        checks.append(Check(f"role {role.removeprefix('roles/')}", m is None, granted if m is None else m.why,
+                            None if m is None else f"Run: {m.fix}"))
+    return checks

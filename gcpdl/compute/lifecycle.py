@@ -47,6 +47,8 @@ class Plan:
     requests: list[ApiCall]
     price_per_hour: float
     ssh_from: str
+    # OS Login as the dry-run found it: {"checked", "enabled", "user", "detail"}
+    oslogin: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +68,7 @@ class Plan:
             "ssh_from": self.ssh_from,
             "network": self.spec.network,
             "subnet": self.spec.subnet,
+            "oslogin": self.oslogin,
             "requests": [c.to_json() for c in self.requests],
         }
 
@@ -74,12 +77,22 @@ def price_for(spec: VmSpec, zone: str) -> float:
     return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot, spec.disks()).total
 
 
-def startup_for(spec: VmSpec) -> str:
+def startup_for(spec: VmSpec, user: str | None = None) -> str:
+    """The startup script; ``user`` runs Jupyter (the OS Login POSIX user where OS Login is on)."""
     from gcpdl.startup import StartupOptions, render_startup_script
 
     return render_startup_script(
-        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes)
+        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes,
+                       **({"user": user} if user else {}))
     )
+
+
+def login_extras(spec: VmSpec, login: Any = None) -> tuple[str, str]:
+    """(ssh-keys, startup-script) metadata for a new VM. With OS Login (``login``, a
+    gcpdl.oslogin.Login) no ssh-keys entry: the key is in the caller's OS Login profile."""
+    if login is not None and login.oslogin:
+        return "", startup_for(spec, login.user)
+    return ssh_keys_entry(), startup_for(spec)
 
 
 def ssh_keys_entry() -> str:
@@ -88,8 +101,10 @@ def ssh_keys_entry() -> str:
     return ensure_keypair().metadata_entry()
 
 
-def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time) -> Plan:
-    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys_entry(), startup_script=startup_for(spec), now=now,
+def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time,
+         login: Any = None) -> Plan:
+    ssh_keys, startup = login_extras(spec, login)
+    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys, startup_script=startup, now=now,
                            subnet=spec.subnet)
     return Plan(project, zone, spec, calls, price_for(spec, zone), ssh_from)
 
@@ -145,8 +160,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     first = ctx.zones[0]
 
     with ThreadPoolExecutor(max_workers=6, thread_name_prefix="gcpdl-read") as pool:
-        # the key pair and the startup script are local work: done while the reads fly
-        f_extras = pool.submit(lambda: (ssh_keys_entry(), startup_for(spec)))
+        # OS Login is decided by the project's metadata (a new VM sets no enable-oslogin)
+        oslogin = compute.factory.oslogin()
+        f_project = pool.submit(_project_doc, oslogin)  # one projects.get: OS Login and GPU quota
         f_existing = pool.submit(find, compute, spec.name, deadline)
         f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
         f_deny = pool.submit(compute.get_or_none, fw.deny_path(project, spec.name), deadline)
@@ -164,8 +180,7 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
             compute.get_or_none, f"{rq.zone_path(project, first)}/machineTypes/{spec.machine_type}", deadline,
         ) if not _default_machine(spec) else None
         # GPU quota (project-wide, and the first zone's region): checked before anything is created
-        f_quota = [pool.submit(qt.read_project, compute, deadline),
-                   pool.submit(qt.read_region, compute, region_of(first), deadline)] if spec.gpu else []
+        f_quota = pool.submit(qt.read_region, compute, region_of(first), deadline) if spec.gpu else None
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result(), f_deny.result())
@@ -175,7 +190,7 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         net_doc = f_net.result()
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
-        extras = f_extras.result()
+        project_doc = f_project.result()
 
     if f_zone is not None and f_zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
@@ -200,9 +215,10 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     # stays in regions the choice covers
     choice = nw.choose(project, spec.network, spec.subnet, net_doc, first, ctx.network_given)
     queue = [z for z in queue if choice.usable(z)]
-    if f_quota:
-        known = {region_of(ctx.zones[0]): f_quota[1].result()}
-        placed = qt.place(compute, spec, first, queue, f_quota[0].result(), known, deadline)
+    if f_quota is not None:
+        known = {region_of(ctx.zones[0]): f_quota.result()}
+        project_quotas = None if project_doc is None else project_doc.get("quotas") or []
+        placed = qt.place(compute, spec, first, queue, project_quotas, known, deadline)
         if placed.skipped:
             ctx.attempts.append(ZoneAttempt(placed.skipped[0], "quota", placed.skipped[1]))
             ctx.progress(f"  {placed.skipped[0]}: {placed.skipped[1]} Skipping region {region_of(placed.skipped[0])}.")
@@ -213,6 +229,11 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
         raise Aborted("Nothing created.")
+    # With OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys) and the
+    # startup script runs Jupyter as their POSIX user. Only now: a refused `up` imports nothing.
+    if oslogin.setting({}).enabled:
+        oslogin.require_roles_for_new_vm()
+    extras = login_extras(spec, oslogin.login({}))
 
     # The allow rule is not needed until SSH; create it beside the VM, off the critical path.
     # The deny rule must exist before the VM does: a project's default-allow-ssh would otherwise
@@ -251,6 +272,19 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         ssh_from=ctx.ssh_from,
     )
     return _finish(ctx, result)
+
+
+def _project_doc(oslogin: Any) -> dict[str, Any] | None:
+    """Compute's project resource, read once for OS Login (commonInstanceMetadata) and the GPU
+    quota (quotas). None when the caller may not read it: quota is then left to the insert's own
+    error, and OS Login to the project's default (off) with the instance's own metadata deciding."""
+    from gcpdl.errors import PermissionDenied
+
+    try:
+        return oslogin.project_info()
+    except PermissionDenied:
+        oslogin.remember_project({})
+        return None
 
 
 READY_TIMEOUT = 900.0  # first boot installs the NVIDIA driver: minutes, not seconds

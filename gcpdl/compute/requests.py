@@ -112,7 +112,8 @@ def instance_body(
         items.append({"key": "install-nvidia-driver", "value": "True"})
     items += [
         {"key": "enable-guest-attributes", "value": "TRUE"},
-        {"key": "ssh-keys", "value": ssh_keys},
+        # no ssh-keys with OS Login (ssh_keys ""): the key is in the caller's OS Login profile
+        *([{"key": "ssh-keys", "value": ssh_keys}] if ssh_keys else []),
         {"key": "startup-script", "value": startup_script},
         {"key": AUTOSTOP_KEY, "value": str(spec.autostop_minutes) if spec.autostop_minutes else "off"},
         {"key": RUNLOG_KEY, "value": runlog_append(None, "start", now)},

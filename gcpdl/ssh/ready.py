@@ -80,6 +80,13 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
     if follow_startup:
         wait_startup(factory, name, zone, deadline, report)
     target = resolve_target(factory, name, zone)
+    if target.oslogin:
+        # with a role missing, retrying the key until the deadline would only end in a timeout
+        from gcpdl.oslogin import access_problem
+
+        problem = access_problem(factory, target)
+        if problem is not None:
+            raise problem
     # a fresh VM's guest agent installs gcpdl's key a little after sshd starts: retry auth
     with connect(target, deadline, report=report, retry_auth=True) as session:
         refresh_host(name, target.host or "", target.instance_id, user=target.user, port=target.port)

@@ -244,6 +244,12 @@ def target_session(app_factory: object, name: str, zone: str | None, report: Rep
         if hint is None:
             raise
         raise ConnectTimedOut(f"{e.message} {hint}", fix=f"Re-point the rule with: gcpdl start {name} (or gcpdl up {name})") from None
+    except KeyNotAuthorized:
+        if not target.oslogin:
+            raise
+        from gcpdl.oslogin import refusal
+
+        raise refusal(factory, target) from None
 
 
 __all__ = ["ConnectTimedOut", "GcpdlError", "KeyNotAuthorized", "RunResult", "Session", "connect", "open_transport", "target_session"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import quote
 
 from gcpdl.errors import (
@@ -22,6 +22,9 @@ from gcpdl.errors import (
     VmNotRunning,
 )
 from gcpdl.ssh.hostkeys import HostKey, host_alias, parse_guest_attributes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gcpdl.oslogin import Login
 
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 HTTP_TIMEOUT = 30.0  # seconds for one REST read
@@ -39,6 +42,9 @@ class SshTarget:
     port: int = 22
     user: str = "gcpdl"
     guest_keys: tuple[HostKey, ...] = field(default=())
+    oslogin: bool = False  # the user is the caller's OS Login POSIX account
+    # the instance's REST JSON, for OS Login's permission checks
+    instance: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def alias(self) -> str:
@@ -129,6 +135,25 @@ def _last(url: str | None) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
 
 
+def login_user(factory: Any, metadata: Mapping[str, str] | None = None, write: bool = True) -> "Login":
+    """Who gcpdl logs in as on a VM with this instance metadata ({}: a VM about to be created),
+    for ssh, jupyter, sync, up's ready wait, the ssh config and the startup script alike.
+
+    OS Login on (instance metadata, else project metadata): the caller's POSIX user from their
+    OS Login profile, gcpdl's key imported there first (``write=False``: read only, for the ssh
+    config and the dry-run; user "" when OS Login has no POSIX account for the caller yet).
+    Off: ``settings.ssh_user``, whose key the VM's `ssh-keys` metadata holds."""
+    from gcpdl.oslogin import Login
+
+    oslogin = factory.oslogin()
+    if write:
+        return oslogin.login(metadata)
+    setting = oslogin.setting(metadata)
+    if not setting.enabled:
+        return Login(factory.settings.ssh_user, False, setting.describe())
+    return Login(oslogin.profile().username or "", True, setting.describe())
+
+
 def resolve_target(factory: Any, name: str, zone: str | None = None, require_running: bool = True) -> SshTarget:
     """Look the VM up and read its host keys. Raises VmNotRunning (with the command that
     starts it) unless it is RUNNING."""
@@ -146,6 +171,9 @@ def resolve_target(factory: Any, name: str, zone: str | None = None, require_run
     if require_running and not host:
         raise GcpdlError(f"VM {name} has no external IP address, so gcpdl cannot reach it over SSH.")
     keys = guest_hostkeys(factory, factory.project(), zone, name) if status == "RUNNING" else []
+    from gcpdl.oslogin import metadata_items
+
+    login = login_user(factory, metadata_items(data.get("metadata")), write=status == "RUNNING")
     return SshTarget(
         name=name,
         zone=zone,
@@ -153,6 +181,8 @@ def resolve_target(factory: Any, name: str, zone: str | None = None, require_run
         status=status,
         host=host,
         port=int(settings.ssh_port),
-        user=settings.ssh_user,
+        user=login.user,
         guest_keys=tuple(keys),
+        oslogin=login.oslogin,
+        instance=data,
     )

@@ -335,6 +335,10 @@ class InstancesMixin:
                                         for ac in acs]
             nics.append(out)
         inst["networkInterfaces"] = nics
+        # "default" names the project's Compute Engine default service account, as the API says
+        for sa in inst.get("serviceAccounts") or []:
+            if sa.get("email") == "default":
+                sa["email"] = f"{self.project_number}-compute@developer.gserviceaccount.com"
         attached = []
         for i, d in enumerate(body.get("disks") or []):
             ip = d.get("initializeParams")
@@ -524,6 +528,12 @@ class InstancesMixin:
         inst["scheduling"].update(sched)
         op = self._new_op(project, ("zones", zone), "setScheduling", inst)
         return self._op_response(op)
+
+    def _instances_test_permissions(self, ctx: Ctx) -> tuple[int, dict]:
+        """Every permission asked is granted unless a test denied it (``deny(permission)``)."""
+        self._get_instance(ctx.project, ctx.params["zone"], ctx.params["resource"])
+        granted = [p for p in (ctx.body or {}).get("permissions") or [] if p not in self.denied]
+        return 200, ({"permissions": granted} if granted else {})
 
     def _instances_guest_attributes(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
