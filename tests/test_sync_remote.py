@@ -82,3 +82,23 @@ def test_unknown_vm(vm, tmp_path):
     r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "x"), "--on", "nope"])
     assert r.exit_code == 1
     assert r.stderr == "Error: No VM named nope in project test-project. List yours with: gcpdl status\n"
+
+
+def test_a_wheel_of_the_right_size_but_other_bytes_is_replaced(vm, gcs, tmp_path):
+    """The wheel on the VM is reused only when its SHA-256 matches what would be shipped: same
+    size is not enough (a truncated-then-padded upload, or someone else's file of that name)."""
+    from gcpdl.sync.remote import build_wheel
+
+    gcs.create_bucket("vmdata", public=True)
+    gcs.put("vmdata", "d/a", b"x")
+    dest = tmp_path / "vm-disk"
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(dest), "--on", "box"])
+    assert r.exit_code == 0, r.stderr
+    (wheel,) = (tmp_path / "vm-gcpdl" / "wheels").iterdir()
+    name, data = build_wheel()
+    assert wheel.name == name
+    wheel.write_bytes(b"\0" * len(data))  # same size, other bytes
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(dest), "--on", "box"])
+    assert r.exit_code == 0, r.stderr
+    assert "Shipping gcpdl to the VM" in r.stderr
+    assert wheel.read_bytes() == data
