@@ -102,3 +102,17 @@ def test_a_wheel_of_the_right_size_but_other_bytes_is_replaced(vm, gcs, tmp_path
     assert r.exit_code == 0, r.stderr
     assert "Shipping gcpdl to the VM" in r.stderr
     assert wheel.read_bytes() == data
+
+
+def test_an_incomplete_sync_on_the_vm_exits_3_with_complete_false(vm, gcs, tmp_path):
+    gcs.create_bucket("vmdata", public=True)
+    gcs.put_many("vmdata", {"d/a": b"a", "d/b": b"b"})
+    gcs.faults(fail_status=404, fail_count=1, fail_match="d/b", fail_kinds=["media"])  # deleted after the listing
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "vm-disk"), "--on", "box", "--json"])
+    assert r.exit_code == 3, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["complete"], s["missing"], s["vm"]) == (False, 1, "box")
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: On VM box: Sync incomplete: 1 of 2 objects is not in DEST (1 changed in the bucket during the sync)."
+        " Re-run to fetch 1 object."
+    )

@@ -179,6 +179,10 @@ class _Run:
                 s.placeholders += 1
                 continue
             if isinstance(rel, Unsafe):
+                # --exclude is the way out for names gcpdl will never write
+                if self.filters and not self.filters.keep(rec.name[len(prefix):] if rec.name.startswith(prefix) else rec.name):
+                    s.filtered += 1
+                    continue
                 s.unsafe += 1
                 self.warn("unsafe-name", f"Skipping object {rel.name!r}: its name {rel.reason}.")
                 continue
@@ -291,7 +295,7 @@ def run_sync(
     elapsed = max(s.seconds, 1e-9)
     s.files_per_s = round(s.files / elapsed, 1)
     s.mb_per_s = round(s.bytes / 1e6 / elapsed, 2)
-    s.failed = len(s.failures)
+    s.finish()
     return s
 
 
