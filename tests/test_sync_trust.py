@@ -91,3 +91,116 @@ def test_skipped_names_make_it_incomplete_unless_excluded(gcs, tmp_path):
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert (s["complete"], s["filtered"], s["unsafe"], s["collisions"]) == (True, 2, 0, 0)
+
+
+# --- 10: gcpdl's own state folder ---------------------------------------------------------------
+@pytest.fixture
+def victim(tmp_path) -> Path:
+    v = tmp_path / "victim"
+    v.mkdir()
+    (v / "thesis.tex").write_bytes(b"years of work")
+    (v / "0.part").write_bytes(b"not gcpdl's")
+    return v
+
+
+@pytest.mark.parametrize("link", [".gcpdl", ".gcpdl/parts"])
+def test_a_symlinked_state_or_parts_folder_is_refused(gcs, tmp_path, victim, link):
+    gcs.create_bucket("dset", public=True)
+    gcs.put("dset", "d/a", b"a")
+    dest = tmp_path / "o"
+    (dest / ".gcpdl").mkdir(parents=True)
+    if link == ".gcpdl":
+        (dest / ".gcpdl").rmdir()
+    (dest / link).symlink_to(victim)
+    r = run_sync("gs://dset/d", str(dest))
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr == (
+        f"Error: {dest / link} is a symbolic link; gcpdl keeps its state only in a real folder inside DEST."
+        f" Remove the link and re-run.\n"
+    )
+    assert sorted(os.listdir(victim)) == ["0.part", "thesis.tex"]
+    assert gcs.counters().get("kind:media", 0) == 0
+
+
+def test_only_part_files_gcpdl_made_are_removed(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put("dset", "d/a", b"a")
+    dest = tmp_path / "o"
+    parts = dest / ".gcpdl" / "parts"
+    parts.mkdir(parents=True)
+    (parts / "17.part").write_bytes(b"left by a killed run")
+    (parts / "notes.txt").write_bytes(b"someone else's")
+    r = run_sync("gs://dset/d", str(dest))
+    assert r.exit_code == 0, r.stderr
+    assert os.listdir(parts) == ["notes.txt"]
+
+
+# --- 11: symlinks inside DEST are never followed ------------------------------------------------
+def test_a_folder_symlink_in_dest_is_not_followed(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/sub/x": b"x", "d/sub/deep/y": b"y", "d/ok": b"ok"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "o"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    r = run_sync("gs://dset/d", str(dest), "--json")
+    assert r.exit_code == 3, r.stderr
+    assert "Warning: Skipping 'd/sub/x': 'sub' in DEST is a symbolic link; gcpdl never writes through links." in r.stderr
+    assert os.listdir(outside) == []
+    assert json.loads(r.stdout)["collisions"] == 2
+    assert (dest / "ok").read_bytes() == b"ok"
+
+
+def test_a_folder_swapped_for_a_symlink_mid_sync_gets_nothing(gcs, tmp_path):
+    """Another process replaces DEST/a with a link to a folder outside DEST while files are still
+    being written into DEST/a: not one byte lands outside."""
+    from gcpdl.clients import ClientFactory
+    from gcpdl.settings import resolve
+    from gcpdl.sync.engine import SyncOptions, run_sync as engine_sync
+    from gcpdl.sync.url import parse_gs_url
+
+    gcs.create_bucket("dset", public=True)
+    gcs.generate("dset", "d/a/", count=300, size=100, seed=4)
+    gcs.faults(latency=0.01)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "o"
+    swapped_at = []
+
+    def on_progress(p) -> None:
+        if not swapped_at and p.files_done >= 20:
+            swapped_at.append(p.files_done)
+            os.rename(dest / "a", dest / "a.moved")
+            os.symlink(outside, dest / "a")
+
+    opts = SyncOptions(source=parse_gs_url("gs://dset/d"), dest=dest, jobs=4, progress_interval=0.01)
+    engine_sync(opts, ClientFactory(resolve()), on_progress=on_progress)
+    assert swapped_at and swapped_at[0] < 300
+    assert os.listdir(outside) == []
+    for p in (dest / "a.moved").iterdir():
+        assert p.read_bytes() == gcs.object_bytes("dset", "d/a/" + p.name)
+
+
+# --- 13: a file or folder of DEST in the way ----------------------------------------------------
+def test_a_folder_or_file_in_the_way_is_found_before_fetching(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/x": b"x" * 5000, "d/y/z": b"z", "d/ok": b"ok"})
+    dest = tmp_path / "o"
+    (dest / "x").mkdir(parents=True)
+    (dest / "x" / "mine").write_bytes(b"mine")
+    (dest / "y").write_bytes(b"a file of mine")
+    for _ in range(2):
+        before = gcs.counters().get("kind:media", 0)
+        r = run_sync("gs://dset/d", str(dest), "--json")
+        assert r.exit_code == 3, r.stderr
+        warnings = [l for l in r.stderr.splitlines() if l.startswith("Warning:")]
+        assert warnings == [
+            "Warning: Skipping 'd/x': 'x' in DEST is a folder, not a file.",
+            "Warning: Skipping 'd/y/z': 'y' in DEST is a file, not a folder.",
+        ]
+        s = json.loads(r.stdout)
+        assert s["blocked"] == [{"name": "d/x", "path": "x", "reason": "is a folder, not a file"},
+                                {"name": "d/y/z", "path": "y", "reason": "is a file, not a folder"}]
+        assert gcs.counters().get("kind:media", 0) - before == (1 if _ == 0 else 0)  # only d/ok, once
+    assert (dest / "x" / "mine").read_bytes() == b"mine" and (dest / "y").read_bytes() == b"a file of mine"

@@ -44,6 +44,13 @@ class Failure:
 
 
 @dataclass
+class InTheWay:
+    name: str  # the object
+    path: str  # relative to DEST: what is in its way
+    reason: str  # "is a folder, not a file", ...
+
+
+@dataclass
 class SyncSummary:
     source: str
     dest: str
@@ -67,6 +74,7 @@ class SyncSummary:
     complete: bool = True  # every listed object the filters keep is in DEST, verified
     missing: int = 0  # listed and kept by the filters, but not in DEST: failed + gone + collisions + unsafe
     failures: list[Failure] = field(default_factory=list)
+    blocked: list[InTheWay] = field(default_factory=list)  # the first 100 collisions, named
     would_delete: list[str] = field(default_factory=list)
 
     def finish(self) -> None:
@@ -104,6 +112,7 @@ class SyncSummary:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failures"] = [asdict(f) for f in self.failures][:100]
+        d["blocked"] = [asdict(b) for b in self.blocked][:100]
         if not self.dry_run:
             d.pop("would_delete")
         return d

@@ -12,7 +12,6 @@ listing before anything is fetched again, so an uncommitted batch costs a read, 
 from __future__ import annotations
 
 import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -123,16 +122,6 @@ class State:
             self._r.close()
             self._w.close()
             self._lock.close()
-
-
-def clear_parts(parts: Path) -> None:
-    """Part files left by a killed run are never trusted: remove them before starting."""
-    parts.mkdir(exist_ok=True)
-    for entry in os.scandir(parts):
-        try:
-            os.unlink(entry.path)
-        except IsADirectoryError:  # pragma: no cover - we never create dirs there
-            pass
 
 
 class ReadOnlyState:

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 import google_crc32c
 
 from gcpdl.errors import PermissionDenied, SyncError
+from gcpdl.sync.destfs import Blocked, Dest, disk_error
 from gcpdl.sync.ramp import RateLimiter, Window
 from gcpdl.sync.verify import combine_slices
 
@@ -86,18 +87,6 @@ class Gone(Exception):
 
 class ObjectFailed(Exception):
     pass
-
-
-class DiskError(SyncError):
-    pass
-
-
-def disk_error(e: OSError, dest: str) -> DiskError:
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return DiskError(f"No space left on {dest}.", fix="Free some space or pick a bigger disk, then re-run: finished files are kept.")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return DiskError(f"Cannot write to {dest}: {os.strerror(e.errno)}.", fix="Pick a writable DEST.")
-    return DiskError(f"Cannot write to {dest}: {e.strerror or e}.")
 
 
 @dataclass
@@ -267,7 +256,7 @@ class Fetcher:
         auth: Auth,
         window: Window,
         limiter: RateLimiter,
-        dest: str,
+        fs: Dest,
         user_project: str | None = None,
         slice_size: int = DEFAULT_SLICE_SIZE,
         retry_base: float = DEFAULT_RETRY_BASE,
@@ -280,7 +269,8 @@ class Fetcher:
         self.auth = auth
         self.window = window
         self.limiter = limiter
-        self.dest = dest
+        self.fs = fs
+        self.dest = fs.path
         self.slice_size = max(1 << 20, slice_size)
         self.retry_base = retry_base
         self.on_bytes = on_bytes or (lambda n: None)
@@ -394,9 +384,27 @@ class Fetcher:
             await asyncio.sleep(backoff(attempt, base=self.retry_base, cap=10.0))
         raise ObjectFailed(str(reason))  # pragma: no cover
 
+    def _commit(self, part: str, rel: str, data: bytes | None) -> int:
+        """Write ``data`` (when given) to ``part``, rename it to ``rel``; return its mtime_ns."""
+        if data is not None:
+            fd = self.fs.open_part(part)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                mtime_ns = os.fstat(fd).st_mtime_ns
+            finally:
+                os.close(fd)
+        else:
+            mtime_ns = self.fs.part_stat(part).st_mtime_ns
+        self.fs.rename_into_place(part, rel)
+        return mtime_ns
+
     # --- whole objects -----------------------------------------------------------------------
-    async def fetch(self, name: str, generation: int, size: int, expect_crc: int | None, expect_md5: str | None, part: str, final: str) -> Fetched:
-        """Download, verify, rename into place. On a checksum mismatch, fetch once more."""
+    async def fetch(self, name: str, generation: int, size: int, expect_crc: int | None, expect_md5: str | None, part: str, rel: str) -> Fetched:
+        """Download into ``part`` (a name in DEST/.gcpdl/parts), verify, rename to ``rel`` (a
+        path relative to DEST). On a checksum mismatch, fetch once more. Raises Blocked when a
+        file, folder or link is in the way."""
         for verify_try in range(2):
             data = None
             if size > 2 * self.slice_size and expect_crc is not None:
@@ -407,7 +415,7 @@ class Fetcher:
             if ok:
                 break
             if data is None:
-                _unlink(part)
+                self.fs.unlink_part(part)
         else:
             raise ObjectFailed("CRC32C mismatch twice: the downloaded bytes do not match the bucket's checksum")
         # Verified bytes are written once, then renamed into place. This runs inline: creating a
@@ -415,11 +423,14 @@ class Fetcher:
         # handing it to a thread cost more CPU than it saved (GIL hand-offs; measured on 2 cores
         # with 2,000 x 64 KB: 1.2-1.9 s CPU inline vs 2.1-2.8 s on 2 threads).
         try:
-            mtime_ns = _commit(part, final, data)
+            mtime_ns = self._commit(part, rel, data)
+        except Blocked:
+            self.fs.unlink_part(part)
+            raise
         except OSError as e:
-            _unlink(part)
+            self.fs.unlink_part(part)
             if e.errno in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
-                raise Collision(final) from None
+                raise Blocked(rel, "folder", folder_wanted=False) from None  # made since planning
             raise disk_error(e, self.dest) from None
         return Fetched(mtime_ns, crc if crc is not None else 0)
 
@@ -440,7 +451,7 @@ class Fetcher:
             pos = 0
             digest = _md5(md5)
             try:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = self.fs.open_part(part)
             except OSError as e:
                 raise disk_error(e, self.dest) from None
             try:
@@ -465,7 +476,7 @@ class Fetcher:
 
     async def _fetch_sliced(self, name: str, generation: int, size: int, part: str) -> int:
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = self.fs.open_part(part)
         except OSError as e:
             raise disk_error(e, self.dest) from None
         try:
@@ -516,54 +527,12 @@ class Fetcher:
         return await self._with_retries(name, generation, (start, end), sink)
 
 
-class Collision(Exception):
-    """A file is where a folder must go, or a folder where a file must go."""
-
-
-def _commit(part: str, final: str, data: bytes | None) -> int:
-    """Write ``data`` (when given) to ``part``, rename it to ``final``; return its mtime_ns."""
-    if data is not None:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            mtime_ns = os.fstat(fd).st_mtime_ns
-        finally:
-            os.close(fd)
-    else:
-        mtime_ns = os.stat(part).st_mtime_ns
-    os.rename(part, final)
-    return mtime_ns
-
-
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
-
-
-def _write_file(path: str, data: bytes, dest: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as e:
-        raise disk_error(e, dest) from None
-    try:
-        _write_all(fd, data, dest)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: Any, dest: str) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    except OSError as e:
-        raise disk_error(e, dest) from None
 
 
 def _md5(expected: str | None):
@@ -584,10 +553,3 @@ def _md5_ok(data: bytes, expected: str) -> bool:
     import hashlib
 
     return _b64(hashlib.md5(data).digest()) == expected
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
