@@ -57,6 +57,8 @@ class SyncOptions:
     slice_size: int = 16 << 20
     retry_base: float = 0.25
     progress_interval: float = 0.5
+    # seconds before each piece of a streamed or sliced download is written (a busy disk; tests)
+    write_delay: float = 0.0
     # free bytes on DEST's filesystem; injectable so a test can stage a full disk
     disk_free: Callable[[str], int] = field(default=lambda path: shutil.disk_usage(path).free)
 
@@ -502,6 +504,7 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, fs: Dest
         retry_base=opts.retry_base,
         on_bytes=on_bytes,
         identity=identity,
+        write_delay=opts.write_delay,
     )
     items: deque = deque()
     done = False

@@ -13,6 +13,7 @@ each slice has its own CRC32C and the slice CRCs are combined (verify.combine_sl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 import ssl
@@ -26,7 +27,7 @@ import google_crc32c
 from gcpdl.errors import PermissionDenied, SyncError
 from gcpdl.sync.destfs import Blocked, Dest, disk_error
 from gcpdl.sync.ramp import RateLimiter, Window
-from gcpdl.sync.verify import combine_slices
+from gcpdl.sync.verify import combine_slices, fd_crc32c, fd_md5
 
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 THROTTLE_STATUSES = {429, 503}
@@ -262,6 +263,7 @@ class Fetcher:
         retry_base: float = DEFAULT_RETRY_BASE,
         on_bytes: Callable[[int], None] | None = None,
         identity: str = "",
+        write_delay: float = 0.0,
     ):
         self.endpoint = Endpoint.parse(endpoint)
         self.pool = Pool(self.endpoint)
@@ -275,6 +277,7 @@ class Fetcher:
         self.retry_base = retry_base
         self.on_bytes = on_bytes or (lambda n: None)
         self.identity = identity
+        self.write_delay = write_delay  # seconds before each piece is written: a slow disk, for tests
         self._path_prefix = f"{self.endpoint.base}/storage/v1/b/{quote(bucket, safe='')}/o/"
         self._suffix = "&userProject=" + quote(user_project, safe="") if user_project else ""
         self._host = f"Host: {self.endpoint.host_header}\r\n".encode()
@@ -282,6 +285,7 @@ class Fetcher:
         self.retries = 0
         from concurrent.futures import ThreadPoolExecutor
 
+        self._writes: dict[int, list[concurrent.futures.Future]] = {}
         threads = int(os.environ.get("GCPDL_SYNC_IO_THREADS", IO_THREADS))
         self.io = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gcpdl-sync-io") if threads > 0 else None
 
@@ -292,11 +296,45 @@ class Fetcher:
 
     async def _pwrite(self, fd: int, data: bytes, offset: int) -> None:
         """Copying into the page cache is the main CPU cost of a large download (~0.65 GB/s per
-        core on a VM); the I/O threads do it beside the event loop, several at once."""
+        core on a VM); the I/O threads do it beside the event loop, several at once. Every write
+        handed to a thread is remembered with its descriptor until it is done (_close_part)."""
         if self.io is None:
-            _pwrite_all(fd, data, offset)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self.io, _pwrite_all, fd, data, offset)
+            _pwrite_all(fd, data, offset, self.write_delay)
+            return
+        fut = self.io.submit(_pwrite_all, fd, data, offset, self.write_delay)
+        pending = self._writes.setdefault(fd, [])
+        pending[:] = [f for f in pending if not f.done()]  # only this (the loop's) thread edits it
+        pending.append(fut)
+        await asyncio.wrap_future(fut)
+
+    def _close_part(self, fd: int) -> None:
+        """Close a part file's descriptor only when no write handed to an I/O thread can still
+        use it. A slice cancelled mid-write (another slice failed) leaves its write queued or
+        running there; closed now, the descriptor's number would go to the next file opened
+        (another object's part) and the write would land in it. This waits for at most the
+        writes of one object, and only when a download is being abandoned."""
+        pending = self._writes.pop(fd, None)
+        if pending:
+            concurrent.futures.wait(pending)
+        os.close(fd)
+
+    async def _on_disk_ok(self, part: str, expect_crc: int | None, expect_md5: str | None) -> bool:
+        """Whether the part file holds the bytes the bucket lists, read back from disk: what
+        was received was verified as it arrived, but a file written in pieces is only right if
+        every piece went where it should. Costs a read from the page cache, on an I/O thread."""
+
+        def check() -> bool:
+            fd = self.fs.open_part_for_reading(part)  # owned by this thread: opened and closed here
+            try:
+                if expect_crc is not None:
+                    return fd_crc32c(fd) == expect_crc
+                return expect_md5 is not None and _b64(fd_md5(fd)) == expect_md5
+            finally:
+                os.close(fd)
+
+        if self.io is None:
+            return check()
+        return await asyncio.get_running_loop().run_in_executor(self.io, check)
 
     # --- one request -------------------------------------------------------------------------
     def _request(self, name: str, generation: int, rng: tuple[int, int] | None, auth: bytes) -> bytes:
@@ -392,7 +430,10 @@ class Fetcher:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                mtime_ns = os.fstat(fd).st_mtime_ns
+                st = os.fstat(fd)
+                if st.st_size != len(data):  # nothing else may write to a fresh O_EXCL part file
+                    raise ObjectFailed(f"the part file holds {st.st_size} bytes, not {len(data)}")
+                mtime_ns = st.st_mtime_ns
             finally:
                 os.close(fd)
         else:
@@ -412,6 +453,8 @@ class Fetcher:
             else:
                 crc, data = await self._fetch_whole(name, generation, size, part, expect_md5 if expect_crc is None else None)
             ok = crc == expect_crc if expect_crc is not None else crc is not None
+            if ok and data is None:  # written in pieces: what is on disk decides
+                ok = await self._on_disk_ok(part, expect_crc, expect_md5)
             if ok:
                 break
             if data is None:
@@ -467,7 +510,7 @@ class Fetcher:
                     self.on_bytes(len(piece))
                     tm.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
             finally:
-                os.close(fd)
+                self._close_part(fd)
             if digest is not None and _b64(digest.digest()) != md5:
                 return None, None
             return crc, None
@@ -498,7 +541,7 @@ class Fetcher:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         finally:
-            os.close(fd)
+            self._close_part(fd)
         return combine_slices([(c, b - a) for c, (a, b) in zip(crcs, ranges)])
 
     async def _fetch_slice(self, name: str, generation: int, fd: int, start: int, end: int) -> int:
@@ -527,7 +570,9 @@ class Fetcher:
         return await self._with_retries(name, generation, (start, end), sink)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes, offset: int, delay: float = 0.0) -> None:
+    if delay:
+        time.sleep(delay)
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)

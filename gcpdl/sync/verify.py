@@ -109,3 +109,17 @@ def fd_crc32c(fd: int, chunk: int = 1 << 20) -> int:
             return crc
         crc = google_crc32c.extend(crc, data)
         off += len(data)
+
+
+def fd_md5(fd: int, chunk: int = 1 << 20) -> bytes:
+    """MD5 digest of what is on disk behind ``fd`` (only for objects listed without a CRC32C)."""
+    import hashlib
+
+    h = hashlib.md5()
+    off = 0
+    while True:
+        data = os.pread(fd, chunk, off)
+        if not data:
+            return h.digest()
+        h.update(data)
+        off += len(data)
