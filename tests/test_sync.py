@@ -414,7 +414,8 @@ def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
 
     port = free_port()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr("gcpdl.sync.listing.LIST_RETRY_S", 0.2)
+    monkeypatch.setattr("gcpdl.sync.listing.PAGE_TIMEOUT", (0.05, 0.05))  # the retry budget follows
+    monkeypatch.setattr("gcpdl.sync.listing.LIST_BACKOFF_BASE", 0.01)
     r = run_sync("gs://dset/d", str(tmp_path / "o"))
     _assert_error(
         r, 1,

@@ -41,3 +41,32 @@ def test_a_replaced_large_object_never_writes_into_another_file(gcs, tmp_path):
     for rel, data in tree(dest).items():
         assert data == gcs.object_bytes("dset", "d/" + rel), rel
     assert os.listdir(dest / ".gcpdl" / "parts") == []
+
+
+# --- 16: retry budgets outlast one attempt ------------------------------------------------------
+def test_every_retry_budget_outlasts_the_attempt_it_retries():
+    """A budget shorter than one attempt's timeout means a timed-out attempt is never retried."""
+    from gcpdl.compute import adapter, doctor, lifecycle
+    from gcpdl.sync import listing, transfer
+    from gcpdl.sync.listing import backoff_total
+
+    attempt = sum(listing.PAGE_TIMEOUT)
+    assert listing.list_retry_budget() >= 2 * attempt + backoff_total(1, base=listing.LIST_BACKOFF_BASE)
+    # the data path counts attempts (each with its own REQUEST_TIMEOUT), not a shared budget
+    assert transfer.MAX_ATTEMPTS >= 2
+    # Compute reads: each attempt is cut to min(READ_TIMEOUT, the deadline's remaining time)
+    for budget in (lifecycle.PREFLIGHT_TIMEOUT, doctor.DOCTOR_TIMEOUT, lifecycle.STOP_TIMEOUT):
+        assert budget >= 2 * adapter.READ_TIMEOUT
+
+
+def test_a_listing_page_that_stalls_past_the_read_timeout_is_fetched_again(gcs, tmp_path, monkeypatch):
+    import gcpdl.sync.listing as listing
+
+    monkeypatch.setattr(listing, "PAGE_TIMEOUT", (2.0, 1.0))  # the budget follows (list_retry_budget)
+    monkeypatch.setattr(listing, "LIST_BACKOFF_BASE", 0.01)
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/a": b"a", "d/b": b"b"})
+    gcs.faults(stall=30.0, stall_count=1, stall_kinds=["list"])
+    s = sync(opts(tmp_path / "o"))
+    assert gcs.counters()["stalls"] == 1
+    assert (s.files, s.complete) == (2, True)
