@@ -70,3 +70,76 @@ def test_a_listing_page_that_stalls_past_the_read_timeout_is_fetched_again(gcs, 
     s = sync(opts(tmp_path / "o"))
     assert gcs.counters()["stalls"] == 1
     assert (s.files, s.complete) == (2, True)
+
+
+# --- 18: a dead endpoint stops the sync, not each object in turn --------------------------------
+def test_an_endpoint_that_refuses_every_connection_stops_the_sync_once(gcs, tmp_path):
+    """Listing works, every media connection is refused: one error after breaker_s without a
+    single answer (a clock that advances a second per look, so no time is measured), not six
+    attempts per object for every object left; a later run resumes and completes."""
+    import itertools
+
+    from gcpdl.errors import SyncError
+    from tests.fixtures.ports import free_port
+
+    gcs.create_bucket("dset", public=True)
+    gcs.generate("dset", "d/", count=300, size=100, seed=2)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+    class DeadData(ClientFactory):
+        storage_endpoint = dead
+
+        def storage(self, *args, **kwargs):  # listing still goes to the stand-in
+            return ClientFactory(resolve()).storage(*args, **kwargs)
+
+    ticks = itertools.count()
+    dest = tmp_path / "o"
+    o = opts(dest, jobs=4, breaker_s=10.0, clock=lambda: float(next(ticks)))
+    with pytest.raises(SyncError) as e:
+        run_sync(o, DeadData(resolve()))
+    assert e.value.message.startswith(f"Cannot reach the storage endpoint {dead}: no answer for 10s (ConnectionRefusedError")
+    assert e.value.fix == "Check the network (and GCPDL_STORAGE_ENDPOINT if set), then re-run: finished files are kept."
+    assert next(ticks) < 6 * 300  # stopped long before every object had its six attempts
+    assert os.listdir(dest / ".gcpdl" / "parts") == [] if dest.exists() else True
+
+    s = sync(opts(dest))
+    assert (s.files, s.complete) == (300, True)
+
+
+# --- 19: Retry-After is honoured ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "header, waited",
+    [
+        ("7", 7.0),
+        ("Sat, 05 Dec 2026 10:00:05 GMT", 5.0),  # an HTTP-date, against the injected wall clock
+        ("3600", 60.0),  # capped at RETRY_AFTER_MAX
+    ],
+)
+def test_retry_after_on_429_and_503_is_waited_for(gcs, tmp_path, header, waited):
+    from datetime import datetime, timezone
+
+    gcs.create_bucket("dset", public=True)
+    gcs.put("dset", "d/a", b"a")
+    gcs.faults(fail_status=503, fail_count=1, fail_kinds=["media"], retry_after=header)
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # records the pause instead of taking it
+        pauses.append(seconds)
+
+    now = datetime(2026, 12, 5, 10, 0, 0, tzinfo=timezone.utc).timestamp()
+    s = sync(opts(tmp_path / "o", sleep=sleep, wall_clock=lambda: now))
+    assert (s.files, s.retries) == (1, 1)
+    assert pauses == [waited]
+
+
+def test_a_429_without_retry_after_backs_off_as_before(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put("dset", "d/a", b"a")
+    gcs.faults(fail_status=429, fail_count=1, fail_kinds=["media"])  # the stand-in's "Retry-After: 0"
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    s = sync(opts(tmp_path / "o", sleep=sleep, retry_base=0.25))
+    assert s.files == 1 and len(pauses) == 1 and 0 <= pauses[0] <= 0.25

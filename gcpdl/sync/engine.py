@@ -59,6 +59,12 @@ class SyncOptions:
     progress_interval: float = 0.5
     # seconds before each piece of a streamed or sliced download is written (a busy disk; tests)
     write_delay: float = 0.0
+    # no answer from the storage endpoint for this long, every attempt failing: stop (transfer.BREAKER_S)
+    breaker_s: float = 30.0
+    # the data path's clocks and pauses, injectable so tests measure no time
+    clock: Callable[[], float] = field(default=time.monotonic)
+    wall_clock: Callable[[], float] = field(default=time.time)
+    sleep: Callable[[float], Any] = field(default=asyncio.sleep)
     # free bytes on DEST's filesystem; injectable so a test can stage a full disk
     disk_free: Callable[[str], int] = field(default=lambda path: shutil.disk_usage(path).free)
 
@@ -505,6 +511,10 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, fs: Dest
         on_bytes=on_bytes,
         identity=identity,
         write_delay=opts.write_delay,
+        breaker_s=opts.breaker_s,
+        clock=opts.clock,
+        wall_clock=opts.wall_clock,
+        sleep=opts.sleep,
     )
     items: deque = deque()
     done = False
