@@ -410,8 +410,7 @@ class Fetcher:
                 self.requests += 1
                 writer.write(self._request(name, generation, rng, auth))
                 head = await read_head(reader)
-                self._last_answer = self.clock()
-                self._failing = 0
+                self._heard()
                 if not head.keep_alive and self.window.maximum > NO_KEEPALIVE_WINDOW:
                     self.window.cap(NO_KEEPALIVE_WINDOW)
                 if 200 <= head.status < 300:
@@ -433,6 +432,12 @@ class Fetcher:
                     self.pool.put(conn)
                 else:
                     conn[1].close()
+
+    def _heard(self) -> None:
+        """The endpoint answered (a response head, or body bytes of a long download still
+        flowing while new connections are refused): it is not down."""
+        self._last_answer = self.clock()
+        self._failing = 0
 
     def _no_answer(self, reason: str) -> Exception:
         """What to raise for an attempt that got no (whole) answer: a Retryable, or, once the
@@ -578,6 +583,7 @@ class Fetcher:
                     pos += len(piece)
                     self.on_bytes(len(piece))
                     tm.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
+                    self._heard()
             finally:
                 self._close_part(fd)
             if digest is not None and _b64(digest.digest()) != md5:
@@ -632,6 +638,7 @@ class Fetcher:
                 got += len(piece)
                 self.on_bytes(len(piece))
                 tm.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
+                self._heard()
             if got != end - start:
                 raise Retryable("short slice")
             return crc
