@@ -204,3 +204,48 @@ def test_a_folder_or_file_in_the_way_is_found_before_fetching(gcs, tmp_path):
                                 {"name": "d/y/z", "path": "y", "reason": "is a file, not a folder"}]
         assert gcs.counters().get("kind:media", 0) - before == (1 if _ == 0 else 0)  # only d/ok, once
     assert (dest / "x" / "mine").read_bytes() == b"mine" and (dest / "y").read_bytes() == b"a file of mine"
+
+
+def test_a_link_planted_as_a_part_file_is_removed_not_written_through(gcs, tmp_path):
+    gcs.create_bucket("dset", public=True)
+    gcs.put_many("dset", {"d/a": b"a" * 3000, "d/b": b"b" * 3000})
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"keep me")
+    parts = tmp_path / "o" / ".gcpdl" / "parts"
+    parts.mkdir(parents=True)
+    for i in range(4):
+        (parts / f"{i}.part").symlink_to(precious)
+    r = run_sync("gs://dset/d", str(tmp_path / "o"))
+    assert r.exit_code == 0, r.stderr
+    assert precious.read_bytes() == b"keep me"
+    assert os.listdir(parts) == []
+    assert tree(tmp_path / "o") == {"a": b"a" * 3000, "b": b"b" * 3000}
+
+
+def test_folder_descriptors_refuse_links_and_files_and_survive_a_swap(tmp_path):
+    from gcpdl.sync.destfs import Blocked, DirFds
+
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "f").write_bytes(b"")
+    (root / "l").symlink_to(tmp_path)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    dirs = DirFds(fd, max_open=2)
+    try:
+        with pytest.raises(Blocked) as e:
+            dirs.get("l/x", create=True)
+        assert (e.value.path, e.value.reason) == ("l", "is a symbolic link; gcpdl never writes through links")
+        with pytest.raises(Blocked) as e:
+            dirs.get("f/x", create=True)
+        assert (e.value.path, e.value.reason) == ("f", "is a file, not a folder")
+        assert dirs.get("new/deep", create=False) is None and not (root / "new").exists()
+        b = dirs.get("a/b", create=True)
+        os.rename(root / "a", root / "a.moved")  # someone moves the folder and plants a link
+        (root / "a").symlink_to(tmp_path)
+        os.mkdir("made", dir_fd=b)
+        assert (root / "a.moved" / "b" / "made").is_dir() and not (tmp_path / "b").exists()
+        dirs.get("c/d/e", create=True)  # more folders than max_open: the oldest are closed
+        assert (root / "c" / "d" / "e").is_dir()
+    finally:
+        dirs.close()
+        os.close(fd)

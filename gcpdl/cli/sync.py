@@ -55,7 +55,8 @@ def sync(
     """Copy gs://BUCKET[/PREFIX] to DEST, verified with CRC32C, resumable.
 
     Re-running fetches only what is missing or changed. PREFIX is treated as a folder:
-    gs://b/train copies the objects under train/ into DEST.
+    gs://b/train copies the objects under train/ into DEST. Exit status 3: the sync ran to its
+    end but some objects are not in DEST (named in the warnings; --json says "complete": false).
 
     \b
     gcpdl sync gs://my-data/imagenet ./imagenet --local
