@@ -46,6 +46,8 @@ def test_a_replaced_large_object_never_writes_into_another_file(gcs, tmp_path):
 # --- 16: retry budgets outlast one attempt ------------------------------------------------------
 def test_every_retry_budget_outlasts_the_attempt_it_retries():
     """A budget shorter than one attempt's timeout means a timed-out attempt is never retried."""
+    from gcpdl import autostop
+    from gcpdl.cli import cost
     from gcpdl.compute import adapter, doctor, lifecycle
     from gcpdl.sync import listing, transfer
     from gcpdl.sync.listing import backoff_total
@@ -55,7 +57,8 @@ def test_every_retry_budget_outlasts_the_attempt_it_retries():
     # the data path counts attempts (each with its own REQUEST_TIMEOUT), not a shared budget
     assert transfer.MAX_ATTEMPTS >= 2
     # Compute reads: each attempt is cut to min(READ_TIMEOUT, the deadline's remaining time)
-    for budget in (lifecycle.PREFLIGHT_TIMEOUT, doctor.DOCTOR_TIMEOUT, lifecycle.STOP_TIMEOUT):
+    budgets = (lifecycle.PREFLIGHT_TIMEOUT, lifecycle.STOP_TIMEOUT, doctor.DOCTOR_TIMEOUT, autostop.TIMEOUT, cost.TIMEOUT)
+    for budget in budgets:
         assert budget >= 2 * adapter.READ_TIMEOUT
 
 
