@@ -69,7 +69,7 @@ def test_a_listing_page_that_stalls_past_the_read_timeout_is_fetched_again(gcs, 
     monkeypatch.setattr(listing, "LIST_BACKOFF_BASE", 0.01)
     gcs.create_bucket("dset", public=True)
     gcs.put_many("dset", {"d/a": b"a", "d/b": b"b"})
-    gcs.faults(stall=30.0, stall_count=1, stall_kinds=["list"])
+    gcs.faults(stall=10.0, stall_count=1, stall_kinds=["list"])
     s = sync(opts(tmp_path / "o"))
     assert gcs.counters()["stalls"] == 1
     assert (s.files, s.complete) == (2, True)

@@ -333,6 +333,7 @@ class GcsServer:
         self.reset()
 
     def reset(self) -> None:
+        self.epoch = getattr(self, "epoch", 0) + 1  # a request stalled across a reset is dropped
         self.buckets: dict[str, Bucket] = {}
         self.faults = Faults(latency=self.default_latency)
         self.counters: Counter = Counter()
@@ -386,7 +387,10 @@ class GcsServer:
                         stall = self.faults.take_stall(_kind_of(target))
                         if stall:
                             self.counters["stalls"] += 1
+                            epoch = self.epoch
                             await asyncio.sleep(stall)
+                            if epoch != self.epoch:  # never answer (or count) into the next test
+                                break
                     try:
                         resp = self.dispatch(method, target, headers, body)
                     except Exception as e:  # a stand-in bug should read as a 500, not a hung client
