@@ -12,7 +12,10 @@ DEST itself may be a link: the user named it. So may the final name of a file: r
 the link, it does not write through it.
 
 Cost: descriptors of recently used folders are cached (MAX_DIR_FDS), so a file in a known folder
-costs one openat for its part and one renameat, fewer path lookups than before.
+costs one openat for its part and one renameat, fewer path lookups than path strings. Measured on
+2 busy shared cores (2026-12-05): the file-system steps of a 64 KB object 265 -> 240 us of CPU
+(median of 5 x 4,000); a whole sync of 3,000 x 64 KB against the stand-in 543 -> 540 us/object
+(process CPU, median of 7): no cost that the noise shows.
 """
 
 from __future__ import annotations
