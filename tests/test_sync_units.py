@@ -60,7 +60,7 @@ def test_parse_gs_url_rejects(url, message):
         ("data/a//x", "data/", Unsafe("data/a//x", "has a '//' path component")),
         ("data//x", "data/", Unsafe("data//x", "is an absolute path")),
         ("/etc/passwd", "", Unsafe("/etc/passwd", "is an absolute path")),
-        ("data/a\x00b", "data/", Unsafe("data/a\x00b", "contains a NUL byte")),
+        ("data/a\x00b", "data/", Unsafe("data/a\x00b", "contains a control character")),
         ("data/./a", "data/", Unsafe("data/./a", "has a '.' path component")),
         (".gcpdl/state.sqlite", "", Unsafe(".gcpdl/state.sqlite", "would overwrite gcpdl's own .gcpdl/ state directory")),
         ("x/" + "n" * 256, "x/", Unsafe("x/" + "n" * 256, "has a path component longer than 255 bytes")),

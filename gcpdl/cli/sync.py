@@ -10,7 +10,7 @@ import click
 
 from gcpdl.cli.app import App
 from gcpdl.cli.options import dry_run_option, json_option, project_option, zone_option
-from gcpdl.errors import InvalidInput, SyncError
+from gcpdl.errors import InvalidInput, SyncError, SyncIncomplete
 
 LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
@@ -55,7 +55,8 @@ def sync(
     """Copy gs://BUCKET[/PREFIX] to DEST, verified with CRC32C, resumable.
 
     Re-running fetches only what is missing or changed. PREFIX is treated as a folder:
-    gs://b/train copies the objects under train/ into DEST.
+    gs://b/train copies the objects under train/ into DEST. Exit status 3: the sync ran to its
+    end but some objects are not in DEST (named in the warnings; --json says "complete": false).
 
     \b
     gcpdl sync gs://my-data/imagenet ./imagenet --local
@@ -109,10 +110,9 @@ def sync(
         reporter.close()
     data = summary.as_dict()
     app.emit(data, as_json, _human)
-    if summary.failures:
-        names = ", ".join(f"{f.name} ({f.reason})" for f in summary.failures[:5])
-        more = f" and {len(summary.failures) - 5} more" if len(summary.failures) > 5 else ""
-        raise SyncError(f"{len(summary.failures)} object(s) failed: {names}{more}.", fix="Re-run to retry them.")
+    incomplete = summary.incomplete()
+    if incomplete is not None:
+        raise incomplete  # exit 3: the summary is printed, but DEST is not a full copy
 
 
 def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, project, zone, as_json: bool, flags: list[str]) -> None:
@@ -140,7 +140,7 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
         app.emit(result.summary, as_json, _human)
     if result.exit_code != 0:
         err = SyncError(f"On VM {name}: {result.error}")
-        err.exit_code = result.exit_code if result.exit_code in (1, 2) else 1
+        err.exit_code = result.exit_code if result.exit_code in (1, 2, SyncIncomplete.exit_code) else 1
         raise err
 
 

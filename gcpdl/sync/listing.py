@@ -15,8 +15,26 @@ from gcpdl.sync.verify import decode_gcs_crc
 PAGE_SIZE = 1000  # the API's maximum
 LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash),nextPageToken"
 VIEWER_ROLE = "roles/storage.objectViewer"
-PAGE_TIMEOUT = (10.0, 60.0)  # connect, read: seconds for one listing page
-LIST_RETRY_S = 30.0  # total time one page may spend in retries (429/5xx/connection errors)
+PAGE_TIMEOUT = (10.0, 20.0)  # connect, read (no byte for this long): seconds for one attempt at a page
+LIST_ATTEMPTS = 2  # full attempts a page always gets, however long each one takes
+LIST_BACKOFF_BASE = 1.0  # seconds before the first retry (doubling), as the library does
+
+
+def backoff_total(pauses: int, base: float) -> float:
+    """The longest time ``pauses`` doubling backoffs from ``base`` can take together."""
+    return base * (2**pauses - 1)
+
+
+def list_retry_budget() -> float:
+    """Total time one page may spend in retries (429/5xx/connection errors/timeouts).
+
+    The library checks its retry timeout only before starting another attempt, so a budget
+    shorter than one attempt never retries a timed-out one (a stalled page used to end the whole
+    sync: a 30 s budget against a 60 s read timeout). Derived from the attempt's timeout, so the
+    two cannot drift apart: LIST_ATTEMPTS full attempts and the pauses between them (61 s; a
+    dead endpoint, refused at once, is reported within that too).
+    """
+    return LIST_ATTEMPTS * sum(PAGE_TIMEOUT) + backoff_total(LIST_ATTEMPTS - 1, LIST_BACKOFF_BASE)
 
 
 class ObjectRecord(NamedTuple):
@@ -41,7 +59,7 @@ def iter_pages(client: Any, bucket: str, prefix: str, user_project: str | None =
         fields=LIST_FIELDS,
         timeout=PAGE_TIMEOUT,
         # the library's default keeps retrying a dead endpoint for 120 s; say so sooner
-        retry=DEFAULT_RETRY.with_timeout(LIST_RETRY_S),
+        retry=DEFAULT_RETRY.with_timeout(list_retry_budget()).with_delay(initial=LIST_BACKOFF_BASE),
     )
     pages = it.pages
     while True:
