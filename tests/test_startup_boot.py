@@ -4,6 +4,7 @@ keys are republished when the published ones are not what sshd has (issue 8, sec
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 
@@ -132,3 +133,19 @@ def test_host_keys_are_republished_only_when_they_differ(vm):
     rc, out = boot(vm, gpu=False, data_disk=False)
     assert rc == 0, out
     assert [k for k, _, _ in vm.metadata.puts if k.startswith("hostkeys/")] == []
+
+
+def test_the_mismatch_fix_is_what_a_boot_does(tmp_path):
+    # the fix printed on a host key mismatch is a restart; it works because every boot runs
+    # publish_host_keys (above), not because the guest agent republishes (it does so only when
+    # the instance id changes: google_guest_agent/instance_setup.go, generateSSHKeys)
+    from gcpdl.errors import HostKeyMismatch
+    from gcpdl.ssh.hostkeys import HostKey, check
+    from gcpdl.startup import StartupOptions, render_startup_script
+
+    with pytest.raises(HostKeyMismatch) as e:
+        check(HostKey("ssh-ed25519", base64.b64encode(b"b" * 51).decode()), "box", "gcpdl-1",
+              [HostKey("ssh-ed25519", base64.b64encode(b"a" * 51).decode())], tmp_path / "known_hosts")
+    assert "gcpdl stop box && gcpdl start box" in e.value.fix and "guest agent only" in e.value.fix
+    main = render_startup_script(StartupOptions()).split("\nmain() {\n")[1]
+    assert "\n  publish_host_keys\n" in main
