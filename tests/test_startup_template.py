@@ -244,6 +244,15 @@ def test_a_stage_is_written_only_when_it_changed(script, vm):
     assert vm.metadata.gcpdl_puts() == [("gcpdl/stage", "driver"), ("gcpdl/stage", "disk")]
 
 
+def test_the_budget_clock_on_a_vm_is_seconds_since_boot(script, vm):
+    r = subprocess.run(["bash", "-c", f'source "{script}"\nnow; stage driver; stage disk'], capture_output=True,
+                       text=True, env={k: v for k, v in vm.env().items() if k != "GCPDL_CLOCK"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    since_boot = float(Path("/proc/uptime").read_text().split()[0])
+    assert 0 <= int(r.stdout.splitlines()[0]) <= since_boot
+    assert vm.metadata.gcpdl_puts() == [("gcpdl/stage", "driver"), ("gcpdl/stage", "disk")]
+
+
 def test_driver_wait_succeeds_once_nvidia_smi_answers(script, vm):
     # fails twice (driver still installing), then lists a GPU
     _stub(vm.bin, "nvidia-smi", f'n=$(cat {vm.root}/n 2>/dev/null || echo 0); echo $((n+1)) > {vm.root}/n\n[ "$n" -ge 2 ] && echo "GPU 0: Tesla T4 (UUID: GPU-x)" && exit 0\necho "NVIDIA-SMI has failed"; exit 9\n')
