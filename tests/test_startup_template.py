@@ -322,8 +322,8 @@ def test_login_user_that_never_appears_is_a_clear_error():
         assert r.returncode == 1 and "unreachable" not in r.stdout
         assert vm.called("useradd") == []
         error = vm.metadata.attrs["gcpdl/error"]
-        assert error.startswith(f"login user {vm.user} does not exist after 30s: google-guest-agent creates it")
-        assert "journalctl -u google-guest-agent" in error
+        assert error.startswith(f"login user {vm.user} does not exist after 30s: google-guest-agent creates it from the instance's ssh-keys metadata, or with OS Login on, OS Login provides it")
+        assert "journalctl -u google-guest-agent" in error and "restart the VM (gcpdl stop, then gcpdl start)" in error
         assert int(vm.clock.read_text()) - 1000000 >= 30  # it waited its bound (on its own clock)
     finally:
         vm.close()
