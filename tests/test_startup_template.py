@@ -189,6 +189,7 @@ class Vm:
             GCPDL_METADATA_URL=self.metadata.url,
             GCPDL_SLEEP=str(self.bin / "sleep-stub"),
             GCPDL_CLOCK=str(self.bin / "clock-stub"),
+            GCPDL_HTTP_TIMEOUT="60",  # loopback: a busy machine must not turn a slow answer into a failure
             GCPDL_FSTAB=str(r / "fstab"),
             GCPDL_DATA_DEVICE=str(self.device),
             GCPDL_DATA_MOUNT=str(r / "data"),
@@ -365,7 +366,8 @@ def test_pip_that_hangs_is_stopped_at_its_bound(vm, pip_body):
     pip_body('echo "Collecting jupyterlab"; exec sleep 600\n')  # no route to PyPI, no timeout of its own
     r = vm.run(vm.script(install_wait_seconds=1), "install_jupyter; echo unreachable")
     assert r.returncode == 1 and "unreachable" not in r.stdout
-    assert vm.metadata.attrs["gcpdl/error"].startswith("installing JupyterLab: pip install jupyterlab did not finish within 1s: Collecting jupyterlab")
+    # (pip's last words are checked above: here the kill may come before a busy machine ran the echo)
+    assert vm.metadata.attrs["gcpdl/error"].startswith("installing JupyterLab: pip install jupyterlab did not finish within 1s: ")
 
 
 # --- root never follows a link the login user planted (issue 9, 8) ----------------------------
