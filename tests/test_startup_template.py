@@ -134,7 +134,7 @@ class Vm:
     agent creates it). As root the user is the real `nobody`, so as-user steps really change
     user; otherwise the user running the tests."""
 
-    def __init__(self, user_appears_after: int = 0):
+    def __init__(self, user_appears_after: int = 0, local_user: bool = True, agent_groups_after: int = 0):
         # not under pytest's tmp_path (0700, root's): the login user must reach its home below
         self.root = root = Path(tempfile.mkdtemp(prefix="gcpdl-vm-"))
         root.chmod(0o755)
@@ -156,11 +156,30 @@ class Vm:
         log = f'echo "$(basename "$0") $*" >> {self.calls}\n'
         _stub(self.bin, "sleep-stub", f'echo $(( $(cat {self.clock}) + $1 )) > {self.clock}\n')
         _stub(self.bin, "clock-stub", f"cat {self.clock}\n")
-        # the guest agent has not created the user for the first N lookups
-        _stub(self.bin, "getent", f'[ "$1" = passwd ] || exec /usr/bin/getent "$@"\n'
-              f'n=$(( $(cat {root}/getent-calls 2>/dev/null || echo 0) + 1 )); echo $n > {root}/getent-calls\n'
-              f'[ "$n" -gt "$(cat {root}/user-appears-after)" ] || exit 2\n'
-              f'grep "^$2:" {self.passwd} || exit 2\n')
+        # The guest agent: the user resolves after N lookups (in /etc/passwd, "files", unless it
+        # is an OS Login user), and the agent's last step, adding it to google-sudoers after its
+        # other groups, shows after M lookups of that group (then "agent-done" goes to the log).
+        (root / "agent-groups-after").write_text(f"{agent_groups_after}\n")
+        if local_user:
+            (root / "local-user").touch()
+        _stub(self.bin, "getent", f"""svc=
+if [ "$1" = -s ]; then svc=$2; shift 2; fi
+if [ "$1" = passwd ]; then
+  [ "$svc" != files ] || [ -f {root}/local-user ] || exit 2
+  n=$(( $(cat {root}/getent-calls 2>/dev/null || echo 0) + 1 )); echo $n > {root}/getent-calls
+  [ "$n" -gt "$(cat {root}/user-appears-after)" ] || exit 2
+  grep "^$2:" {self.passwd} || exit 2
+elif [ "$1 ${{2:-}}" = "group google-sudoers" ]; then
+  m=$(( $(cat {root}/group-calls 2>/dev/null || echo 0) + 1 )); echo $m > {root}/group-calls
+  if [ "$m" -gt "$(cat {root}/agent-groups-after)" ]; then
+    echo agent-done >> {self.calls}; echo "google-sudoers:x:1001:someone,{self.user}"
+  else
+    echo "google-sudoers:x:1001:someone"
+  fi
+else
+  exec /usr/bin/getent ${{svc:+-s "$svc"}} "$@"
+fi
+""")
         for name in ("useradd", "gpasswd", "systemctl", "mount"):
             _stub(self.bin, name, log)
         _stub(self.bin, "logger", "exit 0\n")
@@ -315,6 +334,37 @@ def test_login_user_is_waited_for_never_created():
         vm.close()
 
 
+def test_gcpdl_edits_groups_only_after_the_agents_group_pass():
+    # the agent runs useradd -m, then one `gpasswd -a` per group (adm, docker, video, ...; a
+    # failure ignored), google-sudoers last: a gpasswd of gcpdl's in between can take the
+    # /etc/group lock from one of the agent's, and the user silently misses that group
+    vm = Vm(user_appears_after=2, agent_groups_after=4)
+    try:
+        script = vm.script()
+        vm.home.mkdir()
+        r = vm.run(script, "ensure_user")
+        assert r.returncode == 0, r.stdout + r.stderr
+        log = vm.calls.read_text().splitlines()
+        assert log == ["agent-done", f"gpasswd -a {vm.user} systemd-journal"], log
+    finally:
+        vm.close()
+
+
+def test_a_user_the_agent_never_finishes_is_used_after_a_short_wait():
+    # e.g. an image whose agent does not manage sudoers: go on, say so, do not fail the boot
+    vm = Vm(agent_groups_after=10**6)
+    try:
+        script = vm.script()
+        vm.home.mkdir()
+        r = vm.run(script, "ensure_user")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "is not in google-sudoers" in r.stdout
+        assert vm.called("gpasswd") == [f"gpasswd -a {vm.user} systemd-journal"]
+        assert vm.metadata.puts == []
+    finally:
+        vm.close()
+
+
 def test_login_user_that_never_appears_is_a_clear_error():
     vm = Vm(user_appears_after=1000)
     try:
@@ -330,11 +380,21 @@ def test_login_user_that_never_appears_is_a_clear_error():
         vm.close()
 
 
-def test_an_os_login_user_gets_its_home_made_as_pam_would(script, vm):
-    # OS Login: the user resolves through NSS, its home is made by PAM at first login only
+def test_an_os_login_user_gets_its_home_made_as_pam_would():
+    # OS Login: the user resolves through NSS (not in /etc/passwd, no google-sudoers: the agent
+    # never touches it), its home is made by PAM at first login only
+    vm = Vm(local_user=False, agent_groups_after=10**6)
+    try:
+        _os_login_home(vm)
+    finally:
+        vm.close()
+
+
+def _os_login_home(vm: Vm) -> None:
     assert not vm.home.exists()
-    r = vm.run(script, "ensure_user")
+    r = vm.run(vm.script(), "ensure_user")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "google-sudoers" not in r.stdout  # no wait for the agent
     st = vm.home.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (vm.uid, vm.gid, 0o700)
     for entry in Path("/etc/skel").iterdir() if Path("/etc/skel").is_dir() else []:
