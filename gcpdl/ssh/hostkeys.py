@@ -141,7 +141,7 @@ def check(
             f"The host key of VM {name} does not match the keys it published: it presented "
             f"{presented.type} {presented.fingerprint()}, expected {expected}. gcpdl did not connect "
             f"(this can mean someone is intercepting the connection).",
-            fix=f"If the VM's host keys were regenerated, restart it so it republishes them: gcpdl stop {name} && gcpdl start {name}",
+            fix=f"Only if you changed the VM's host keys yourself: restart it (gcpdl stop {name} && gcpdl start {name}); gcpdl's startup script publishes the keys sshd has at every boot (the guest agent only on a new instance's first).",
         )
     if stored:
         if presented in stored:
