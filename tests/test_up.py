@@ -473,7 +473,7 @@ def test_rule_created_meanwhile_by_another_laptop_is_patched(env):
 
 def test_missing_credentials_is_the_first_thing_said(monkeypatch):
     """No ADC and no network: the credentials error comes before the public-IP lookup."""
-    monkeypatch.setenv("GCPDL_PROJECT", "p")
+    monkeypatch.setenv("GCPDL_PROJECT", "my-project")
     result = run("up", "box", "--gpu", "t4", "--zone", "us-central1-a", "--yes")
     assert result.exit_code == 1
     assert result.stderr == (

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 from gcpdl.errors import HostKeyMismatch
+from gcpdl.files import private_dir, write_private
 from gcpdl.ssh.keys import key_dir
 
 KNOWN_HOSTS_NAME = "known_hosts"
@@ -62,16 +62,15 @@ def read_known(alias: str, path: Path | None = None) -> list[HostKey]:
 def store(alias: str, keys: Iterable[HostKey], path: Path | None = None) -> None:
     """Replace the entries for ``alias`` (other lines are kept as they are), atomically."""
     path = path or known_hosts_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         lines = []
     kept = [ln for ln in lines if not (ln.split() and alias in ln.split()[0].split(","))]
     kept += [k.line(alias) for k in keys]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(kept) + ("\n" if kept else ""))
-    os.replace(tmp, path)
+    if not path.parent.exists():
+        private_dir(path.parent)
+    write_private(path, "\n".join(kept) + ("\n" if kept else ""))
 
 
 def forget(alias: str, path: Path | None = None) -> None:
