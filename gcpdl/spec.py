@@ -213,7 +213,7 @@ def parse_gpu(value: str) -> tuple[str, int | None]:
     return key, count
 
 
-def parse_autostop(value: str | None) -> int | None:
+def parse_autostop(value: str | None, what: str = "--autostop") -> int | None:
     """'60m', '2h', '90', 'off' -> minutes (None for off)."""
     if value is None:
         return DEFAULT_AUTOSTOP_MINUTES
@@ -222,10 +222,10 @@ def parse_autostop(value: str | None) -> int | None:
         return None
     m = re.fullmatch(r"([0-9]+)\s*(m|min|h)?", raw)
     if not m:
-        raise InvalidInput(f"Invalid --autostop '{value}': expected minutes like 60m, hours like 2h, or off.")
+        raise InvalidInput(f"Invalid {what} '{value}': expected minutes like 60m, hours like 2h, or off.")
     minutes = int(m.group(1)) * (60 if m.group(2) == "h" else 1)
     if minutes < 5 or minutes > 7 * 24 * 60:
-        raise InvalidInput(f"Invalid --autostop '{value}': choose between 5m and 168h, or off.")
+        raise InvalidInput(f"Invalid {what} '{value}': choose between 5m and 168h, or off.")
     return minutes
 
 
