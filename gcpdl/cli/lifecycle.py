@@ -26,7 +26,6 @@ def refresh_ssh_config(app: App, instances) -> None:
     """Point `ssh NAME` (and scp, rsync, VS Code) at each running VM's current address.
     Best effort: a failure here never fails the command."""
     from gcpdl.errors import GcpdlError
-    from gcpdl.ssh.hostkeys import host_alias, read_known
     from gcpdl.ssh.sshconfig import refresh_host
     from gcpdl.ssh.target import guest_hostkeys
 
@@ -37,11 +36,11 @@ def refresh_ssh_config(app: App, instances) -> None:
             continue
         try:
             # The block says StrictHostKeyChecking yes: a VM this laptop never reached (made on
-            # another one) needs its published keys pinned, or `ssh NAME` refuses it. Once
-            # pinned, later refreshes cost no API call.
-            keys = () if read_known(host_alias(inst.instance_id)) else guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
+            # another one) needs its published keys pinned, or `ssh NAME` refuses it; and a key
+            # pinned earlier is re-checked against them every time (one read per running VM).
+            keys = guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
             refresh_host(inst.name, inst.external_ip, inst.instance_id, user=settings.ssh_user, port=settings.ssh_port,
-                         host_keys=keys)
+                         host_keys=keys, report=app.warn)
         except (OSError, GcpdlError) as e:
             app.warn(f"Could not update the ssh config entry for {inst.name}: {e}")
 

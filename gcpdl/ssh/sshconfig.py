@@ -16,11 +16,11 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from gcpdl.errors import ConfigError, InvalidInput
 from gcpdl.files import PRIVATE_FILE, private_dir, write_private
-from gcpdl.ssh.hostkeys import HostKey, host_alias, known_hosts_path, store
+from gcpdl.ssh.hostkeys import HostKey, host_alias, known_hosts_path, pin_published, replaced_message
 from gcpdl.ssh.target import resolve_target, validate_name
 
 MANAGED_NAME = "gcpdl_config"
@@ -178,11 +178,13 @@ def refresh_host(
     identity_file: Path | None = None,
     known_hosts: Path | None = None,
     host_keys: Iterable[HostKey] = (),
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Write (or replace) the Host block for VM ``name`` and make sure ~/.ssh/config includes
     the managed file. ``host_keys`` (from the VM's guest attributes) are pinned for the
     instance, so `ssh NAME` verifies the host even before gcpdl itself has connected; without
-    them the keys are pinned on gcpdl's first connection. Returns the managed file's path."""
+    them the keys are pinned on gcpdl's first connection. A pinned key the VM does not publish
+    is dropped and reported through ``report``. Returns the managed file's path."""
     validate_name(name)
     try:
         ipaddress.ip_address(ip)
@@ -190,8 +192,9 @@ def refresh_host(
         raise InvalidInput(f"'{ip}' is not an IP address.") from None
     entry = HostEntry(name, ip, str(instance_id), user, int(port), identity_file, known_hosts)
     keys = list(host_keys)
-    if keys:
-        store(host_alias(instance_id), keys, known_hosts)
+    dropped = pin_published(host_alias(instance_id), keys, known_hosts)
+    if dropped and report is not None:
+        report(replaced_message(name, dropped, keys))
     path = managed_path()
     try:
         blocks = _parse_blocks(path.read_text())
@@ -206,13 +209,14 @@ def refresh_host(
     return path
 
 
-def refresh_vm(factory: Any, name: str, zone: str | None = None) -> bool:
+def refresh_vm(factory: Any, name: str, zone: str | None = None, report: Callable[[str], None] | None = None) -> bool:
     """Look VM ``name`` up and refresh its block and pinned host keys. False (nothing changed)
     when it is not running: a stopped VM has no address, and its old one may be reused."""
     target = resolve_target(factory, name, zone, require_running=False)
     if target.status != "RUNNING" or not target.host:
         return False
-    refresh_host(name, target.host, target.instance_id, user=target.user, port=target.port, host_keys=target.guest_keys)
+    refresh_host(name, target.host, target.instance_id, user=target.user, port=target.port, host_keys=target.guest_keys,
+                 report=report)
     return True
 
 
