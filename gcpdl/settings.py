@@ -36,36 +36,38 @@ DEFAULT_SSH_WAIT = 120.0  # a fresh VM's sshd and guest agent (which installs th
 # (flags, env vars, config.toml, gcloud), so a value that reaches ~/.ssh/config, a URL or an API
 # request has always passed through here. Each parser returns the clean value or raises
 # ValueError with what was expected.
-PROJECT_RE = re.compile(r"^(?:[a-z][-a-z0-9.]{0,61}[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]$")  # domain:project too
-ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")  # a POSIX login name (also what OS Login makes)
+# Always used with fullmatch: `$` would also match before a trailing newline.
+PROJECT_RE = re.compile(r"(?:[a-z][-a-z0-9.]{0,61}[a-z0-9]:)?[a-z][-a-z0-9]{4,28}[a-z0-9]")  # domain:project too
+ZONE_RE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
+USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")  # a POSIX login name (also what OS Login makes)
 MAX_POLL_INTERVAL = 60.0
 MAX_SSH_WAIT = 3600.0
 
 
 def _text(value: Any) -> str:
+    """Text exactly as given: no stripping, so what is checked is what is used."""
     if not isinstance(value, str):
         raise ValueError("expected text")
-    return value.strip()
+    return value
 
 
 def parse_project(value: Any) -> str:
     text = _text(value)
-    if not PROJECT_RE.match(text):
+    if not PROJECT_RE.fullmatch(text):
         raise ValueError("expected a project id like my-project-123 (6-30 lowercase letters, digits or hyphens, starting with a letter)")
     return text
 
 
 def parse_zone(value: Any) -> str:
     text = _text(value)
-    if not ZONE_RE.match(text):
+    if not ZONE_RE.fullmatch(text):
         raise ValueError("expected a zone like us-central1-a")
     return text
 
 
 def parse_zones(value: Any) -> list[str]:
     if isinstance(value, str):
-        items: list[Any] = value.split(",")
+        items: list[Any] = [z.strip(" ") for z in value.split(",")]  # "a, b": the space is the list's
     elif isinstance(value, list):
         items = value
     else:
@@ -126,7 +128,7 @@ def parse_port(value: Any) -> int:
 
 def parse_user(value: Any) -> str:
     text = _text(value)
-    if not USER_RE.match(text):
+    if not USER_RE.fullmatch(text):
         raise ValueError("expected a login name: letters, digits, '_', '.' or '-', starting with a letter or '_' (at most 32)")
     return text
 

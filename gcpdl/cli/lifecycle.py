@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import json_option, name_argument, project_option, yes_option
+from gcpdl.cli.options import confirm as ask, json_option, name_argument, project_option, yes_option
 
 
 def _compute(app: App, project: str | None):
@@ -92,7 +92,7 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
 
     def confirm(what: str) -> bool:
         extra = " and its data disk" if delete_data else ""
-        return click.confirm(f"Delete {what}{extra}? This cannot be undone.", default=False, err=True)
+        return ask(f"Delete {what}{extra}? This cannot be undone.")
 
     result = lifecycle.down(compute, name, delete_data=delete_data, confirm=None if yes else confirm, progress=app.say)
     from gcpdl.pricing import data_disk_reminder, region_of

@@ -29,16 +29,23 @@ class ValueArgsCommand(click.Command):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        known = set(ctx.help_option_names)
+        known: dict[str, bool] = {name: False for name in ctx.help_option_names}  # name -> takes a value
         for param in self.params:
             if isinstance(param, click.Option):
-                known.update(param.opts + param.secondary_opts)
+                for name in param.opts + param.secondary_opts:
+                    known[name] = not (param.is_flag or param.count)
+        skip = False
         for arg in args:
+            if skip:  # the value of the option before it, whatever it looks like
+                skip = False
+                continue
             if arg == "--":
                 break
             name = arg.split("=", 1)[0]
-            if arg.startswith("-") and len(arg) > 1 and not _NUMBER_LIKE.match(arg) and name not in known:
-                raise click.NoSuchOption(name, ctx=ctx)
+            if arg.startswith("-") and len(arg) > 1 and not _NUMBER_LIKE.match(arg):
+                if name not in known:
+                    raise click.NoSuchOption(name, ctx=ctx)
+                skip = known[name] and "=" not in arg
         return super().parse_args(ctx, args)
 
 
@@ -52,6 +59,8 @@ def confirm(question: str) -> bool:
 
         if sys.stdin is None or not sys.stdin.isatty():
             from gcpdl.errors import InvalidInput
+
+            click.echo("", err=True)  # end the prompt's line: the error gets its own
 
             raise InvalidInput("no terminal to confirm: pass --yes") from None
         raise

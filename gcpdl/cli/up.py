@@ -124,7 +124,9 @@ def _world(cidr: str) -> bool:
 
 
 def _confirm(price: float) -> bool:
-    return click.confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?", default=False, err=True)
+    from gcpdl.cli.options import confirm
+
+    return confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?")
 
 
 def _render_plan(plan: dict) -> str:

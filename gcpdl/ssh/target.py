@@ -24,7 +24,7 @@ from gcpdl.errors import (
 from gcpdl.deadline import Deadline, backoff
 from gcpdl.ssh.hostkeys import HostKey, HostKeysUnavailable, host_alias, parse_guest_attributes
 
-NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # fullmatch: `$` lets "box\n" through
 HTTP_TIMEOUT = 30.0  # seconds for one REST read
 # Reading the host keys: retried for up to this long (capped by ssh_wait), which exceeds one
 # attempt's timeout so a timed-out attempt is retried at least once.
@@ -52,9 +52,9 @@ class SshTarget:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"'{name}' is not a valid VM name: use lowercase letters, digits and hyphens, "
+            f"'{name.encode('unicode_escape').decode() if isinstance(name, str) else name}' is not a valid VM name: use lowercase letters, digits and hyphens, "
             "starting with a letter (at most 63 characters)."
         )
     return name
