@@ -148,14 +148,30 @@ def _cases() -> list[tuple[str, ...]]:
                   ("jupyter", "box", "--project", v)]
     for v in ZONES:
         cases += [("up", "box", "--zone", v), ("ssh", "box", "--zone", v, "--", "true"), ("jupyter", "box", "--zone", v)]
+    for v in NUMBERS:
+        if v != "0":  # no credits left is a fine answer
+            cases.append(("cost", "--credits", v))
+        cases += [("sync", "gs://bucket/x", "dest", "--local", "--jobs", v), ("sync", "gs://bucket/x", "dest", "--local", "--slice-size", v),
+                  ("sync", "gs://bucket/x", "dest", "--local", "--retry-base", v)]
+    for v in ("", "k80", "t4:x", "-x"):
+        cases.append(("doctor", "--gpu", v))
+    for v in ("", "gs://", "gs://B A D", "s3://x", "gs://b\n", "gs://../x"):
+        cases.append(("sync", v, "dest", "--local"))
+    for v in NAMES:
+        cases.append(("sync", "gs://bucket/x", "--on", v))
+    for v in PROJECTS:
+        cases += [("sync", "gs://bucket/x", "dest", "--local", "--billing-project", v), ("cost", "--project", v),
+                  ("doctor", "--project", v), ("sync", "gs://bucket/x", "--project", v)]
     return cases
 
 
 @pytest.mark.parametrize("args", _cases(), ids=lambda a: " ".join(a).encode("unicode_escape").decode())
-def test_every_hostile_value_is_one_error_line_and_no_request(env, isolated_env: Path, args):
+def test_every_hostile_value_is_one_error_line_and_no_request(env, isolated_env: Path, monkeypatch, args):
+    monkeypatch.chdir(isolated_env)  # sync's DEST, were anything written
     if args[0] == "up":
         args = (*args, "--gpu", "t4") if "--gpu" not in args and "--cpu-only" not in args else args
     result = run(*args)
     one_error_line(result, code=None)
     assert env.requests == [], [r.path for r in env.requests]
     assert not (isolated_env / ".ssh").exists()
+    assert not (isolated_env / "dest").exists()
