@@ -123,7 +123,7 @@ def instance_body(
         # STOP, not DELETE: a preempted VM keeps its disk and can be started again.
         scheduling.update(provisioningModel="SPOT", instanceTerminationAction="STOP", automaticRestart=False)
     if spec.max_hours:
-        scheduling["maxRunDuration"] = {"seconds": str(round(spec.max_hours * 3600))}  # 30/3600 h is 30 s, not 29
+        scheduling["maxRunDuration"] = {"seconds": str(int(spec.max_hours * 3600))}
         scheduling["instanceTerminationAction"] = "STOP"
     body: dict = {
         "name": spec.name,
