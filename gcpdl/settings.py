@@ -171,11 +171,14 @@ SETTINGS: dict[str, Setting] = {
 CONFIG_KEYS = tuple(SETTINGS)
 
 
+def escaped(value: object) -> str:
+    """User input inside a message: control characters escaped, so an error stays one line and
+    a terminal escape sequence is shown, not run."""
+    return str(value).encode("unicode_escape").decode()
+
+
 def _show(value: Any) -> str:
-    """A value as the user typed it, control characters escaped (one line, always)."""
-    if isinstance(value, str):
-        return "'" + value.encode("unicode_escape").decode() + "'"
-    return repr(value)
+    return f"'{escaped(value)}'" if isinstance(value, str) else repr(value)
 
 
 def validate(key: str, value: Any, where: str) -> Any:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from gcpdl.errors import InvalidInput
 from gcpdl.settings import ZONE_RE, parse_project
+from gcpdl.settings import escaped as _show
 
 # Deep Learning VM images (https://cloud.google.com/deep-learning-vm/docs/images). Families are
 # named framework-version-cuda-os-driver; the 570 driver branch still supports Pascal (P4/P100)
@@ -257,11 +258,6 @@ def validate_cidr(value: str) -> str:
         return parse_cidr(value)
     except ValueError as e:
         raise InvalidInput(f"Invalid --ssh-from '{_show(value)}': {e}.") from None
-
-
-def _show(value: object) -> str:
-    """User input in a message: control characters escaped, so the error stays one line."""
-    return str(value).encode("unicode_escape").decode()
 
 
 def _given(value: str | None, flag: str) -> str | None:

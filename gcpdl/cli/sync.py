@@ -229,7 +229,7 @@ def _check_values(retry_base: float, billing_project: str | None, on_vm: str | N
     """The values that reach a request or the VM's command line, checked before any (issue 9)."""
     import math
 
-    from gcpdl.settings import parse_project
+    from gcpdl.settings import escaped, parse_project
     from gcpdl.spec import validate_name
 
     if not (math.isfinite(retry_base) and 0 < retry_base <= 60):
@@ -238,7 +238,6 @@ def _check_values(retry_base: float, billing_project: str | None, on_vm: str | N
         try:
             parse_project(billing_project)
         except ValueError as e:
-            shown = billing_project.encode("unicode_escape").decode()
-            raise InvalidInput(f"Invalid --billing-project '{shown}': {e}.") from None
+            raise InvalidInput(f"Invalid --billing-project '{escaped(billing_project)}': {e}.") from None
     if on_vm is not None:
         validate_name(on_vm)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from gcpdl.errors import ConfigError, InvalidInput
 from gcpdl.files import PRIVATE_FILE, private_dir, write_private
+from gcpdl.settings import escaped
 from gcpdl.ssh.hostkeys import HostKey, host_alias, known_hosts_path, pin_published, replaced_message
 from gcpdl.ssh.target import resolve_target, validate_name
 
@@ -55,8 +56,7 @@ def ssh_value(value: object, what: str, tokens: bool = False, quote: bool = Fals
     text = str(value)
     bad = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
     if bad is not None or not text:
-        shown = text.encode("unicode_escape").decode()
-        raise InvalidInput(f"Refusing to write {what} '{shown}' to the ssh config: it is empty or holds a control character.")
+        raise InvalidInput(f"Refusing to write {what} '{escaped(text)}' to the ssh config: it is empty or holds a control character.")
     if tokens:
         text = text.replace("%", "%%")
     if quote or any(c in _NEEDS_QUOTES for c in text):

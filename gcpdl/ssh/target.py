@@ -22,6 +22,7 @@ from gcpdl.errors import (
     VmNotRunning,
 )
 from gcpdl.deadline import Deadline, backoff
+from gcpdl.settings import escaped
 from gcpdl.ssh.hostkeys import HostKey, HostKeysUnavailable, host_alias, parse_guest_attributes
 
 NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # fullmatch: `$` lets "box\n" through
@@ -54,7 +55,7 @@ class SshTarget:
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"'{name.encode('unicode_escape').decode() if isinstance(name, str) else name}' is not a valid VM name: use lowercase letters, digits and hyphens, "
+            f"'{escaped(name)}' is not a valid VM name: use lowercase letters, digits and hyphens, "
             "starting with a letter (at most 63 characters)."
         )
     return name
