@@ -11,7 +11,6 @@ and are renamed over the target, so a crash leaves the old file or the new one, 
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
@@ -45,7 +44,7 @@ def write_private(path: Path, data: str | bytes, mode: int = PRIVATE_FILE, make_
     if make_dir and not path.parent.exists():
         private_dir(path.parent)
     raw = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(tmp, flags, mode)
     try:

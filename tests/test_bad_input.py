@@ -175,3 +175,15 @@ def test_every_hostile_value_is_one_error_line_and_no_request(env, isolated_env:
     assert env.requests == [], [r.path for r in env.requests]
     assert not (isolated_env / ".ssh").exists()
     assert not (isolated_env / "dest").exists()
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["nosuch"], "Error: No such command 'nosuch'. (see: cli --help)"),
+        (["up", "box", "--bogus"], "Error: No such option '--bogus'. Did you mean '--gpu'? (see: cli up --help)"),
+        (["jupyter", "box", "--port", "0"], "Error: Invalid value for '--port': 0 is not in the range 1<=x<=65535. (see: cli jupyter --help)"),
+    ],
+)
+def test_usage_errors_are_one_line_that_points_at_help(env, args, line):
+    assert one_error_line(run(*args)) == line

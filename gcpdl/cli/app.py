@@ -104,7 +104,7 @@ class LazyGroup(click.Group):
         except GcpdlError as e:
             raise UserError(e) from None
         except click.UsageError as e:
-            if e.ctx is None or e.ctx.parent is None:
+            if isinstance(e, OneLineUsageError):
                 raise
             raise OneLineUsageError(e) from None
         except KeyboardInterrupt:
