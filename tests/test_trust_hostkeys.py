@@ -95,3 +95,20 @@ def test_status_refuses_to_refresh_when_the_read_fails(ssh_vm, monkeypatch):
     assert r.exit_code == 0, r.output  # status itself still answers
     assert "Warning: Could not update the ssh config entry for box: Could not read the SSH host keys" in r.stderr
     assert hostkeys.read_known(_alias(ssh_vm)) == [IMPOSTOR]  # nothing new trusted on a failed read
+
+
+def test_up_waits_for_a_new_vm_to_publish_its_keys_instead_of_trusting_on_first_use(ssh_vm, jupyter_server):
+    """Right after boot the guest agent may not have published the keys yet: for a VM `up` just
+    made (guest attributes on), a 404 then means "not yet", not "none"."""
+    from gcpdl.clients import ClientFactory
+    from gcpdl.deadline import Deadline
+    from gcpdl.settings import resolve
+    from gcpdl.ssh.ready import wait_ready
+
+    ssh_vm.gcp.set_guest_attributes(ssh_vm.zone, "box", "gcpdl", {"stage": "ready"})
+    ssh_vm.gcp.fail_next(404, times=3, path="getGuestAttributes")  # the first host-key reads: not published yet
+    said: list[str] = []
+    wait_ready(ClientFactory(resolve()), "box", ssh_vm.zone, Deadline(60), said.append, follow_startup=False)
+    assert not any("first use" in line for line in said), said
+    assert "Waiting for box to publish its SSH host keys..." in said
+    assert set(hostkeys.read_known(_alias(ssh_vm))) == _published(ssh_vm)
