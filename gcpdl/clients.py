@@ -120,6 +120,46 @@ def adc_available() -> bool:
     return (gcloud_config_dir() / "application_default_credentials.json").is_file()
 
 
+KEY_FILE_VAR = "GOOGLE_APPLICATION_CREDENTIALS"
+KEY_FILE_FIX = f"Fix it, point {KEY_FILE_VAR} at a valid key file, or unset it to use your gcloud login."
+
+
+def _check_key_file() -> str | None:
+    """The file GOOGLE_APPLICATION_CREDENTIALS names, checked before google-auth opens it (a
+    folder there gives IsADirectoryError from deep inside google-auth)."""
+    import os
+
+    path = os.environ.get(KEY_FILE_VAR)
+    if not path:
+        return None
+    if os.path.isdir(path):
+        raise CredentialsError(
+            f"{KEY_FILE_VAR} points at {path}, a folder, not a credentials file.",
+            fix="Point it at a JSON key file, or unset it to use your gcloud login.",
+        )
+    return path
+
+
+def _bad_key_file(path: str, error: BaseException) -> CredentialsError:
+    """google-auth's errors carry (message, cause) tuples; say what is wrong with the file, in
+    one line, and that the variable is what to fix (not `gcloud auth ... login`)."""
+    import json
+    import os
+
+    cause = error.args[1] if len(error.args) > 1 and isinstance(error.args[1], BaseException) else None
+    if not os.path.exists(path):
+        why = "the file does not exist."
+    elif isinstance(cause, json.JSONDecodeError) or isinstance(error, json.JSONDecodeError):
+        why = "it is not valid JSON."
+    elif isinstance(error, OSError):
+        why = f"{error.strerror or type(error).__name__}."
+    else:
+        text = str(cause if cause is not None else (error.args[0] if error.args else error))
+        why = " ".join(text.split()) or type(error).__name__
+        why = why if why.endswith(".") else why + "."
+    return CredentialsError(f"The credentials file {path} (named by {KEY_FILE_VAR}) cannot be used: {why}", fix=KEY_FILE_FIX)
+
+
 class ClientFactory:
     def __init__(self, settings: Settings, credentials: "google.auth.credentials.Credentials | None" = None):
         self.settings = settings
@@ -135,9 +175,12 @@ class ClientFactory:
             import google.auth
             from google.auth import exceptions as gexc
 
+            key_file = _check_key_file()
             try:
                 creds, project = google.auth.default(scopes=COMPUTE_SCOPES)
-            except gexc.DefaultCredentialsError as e:
+            except (gexc.GoogleAuthError, OSError, ValueError) as e:
+                if key_file is not None:
+                    raise _bad_key_file(key_file, e) from None
                 first = str(e).split("\n")[0].split(". ")[0]
                 raise CredentialsError(f"No Google credentials found ({first}).", fix=ADC_FIX) from None
             self._credentials, self._adc_project = creds, project

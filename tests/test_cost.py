@@ -263,8 +263,8 @@ def test_autostop_retries_a_stale_fingerprint_and_keeps_the_other_write(gcp):
 @pytest.mark.parametrize(
     "window, line",
     [
-        ("1m", "Error: Invalid --autostop '1m': choose between 5m and 168h, or off."),
-        ("soon", "Error: Invalid --autostop 'soon': expected minutes like 60m, hours like 2h, or off."),
+        ("1m", "Error: Invalid WINDOW '1m': choose between 5m and 168h, or off."),
+        ("soon", "Error: Invalid WINDOW 'soon': expected minutes like 60m, hours like 2h, or off."),
     ],
 )
 def test_autostop_bad_window_before_any_api_call(gcp, window, line):

@@ -102,7 +102,7 @@ def test_dry_run_without_project_or_zone_says_so(monkeypatch):
         "Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID\n"
     )
     monkeypatch.delenv("GCPDL_ZONE")
-    result = CliRunner().invoke(cli, ["up", "box", "--gpu", "t4", "--dry-run", "--project", "p"])
+    result = CliRunner().invoke(cli, ["up", "box", "--gpu", "t4", "--dry-run", "--project", "my-project"])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: No zone set. Pass --zone")
 

@@ -457,4 +457,4 @@ def test_dry_run_with_unusable_credentials_still_plans(monkeypatch, tmp_path):
     r = _dry("--json")
     assert r.exit_code == 0, r.output
     found = json.loads(r.stdout)["oslogin"]
-    assert found["checked"] is False and found["detail"].startswith("could not check: No Google credentials found")
+    assert found["checked"] is False and found["detail"].startswith("could not check: The credentials file ")

@@ -307,7 +307,10 @@ def test_missing_credentials(env, monkeypatch, tmp_path):
     result = run("up", "box", "--gpu", "t4", "--yes")
     assert result.exit_code == 1
     line = result.stderr.strip()
-    assert line.startswith("Error: No Google credentials found (") and line.endswith("Run: gcloud auth application-default login")
+    # the variable names a missing file: say so, and that the variable is what to fix
+    assert line == (f"Error: The credentials file {tmp_path / 'nope.json'} (named by GOOGLE_APPLICATION_CREDENTIALS) cannot be "
+                    "used: the file does not exist. Fix it, point GOOGLE_APPLICATION_CREDENTIALS at a valid key file, or unset "
+                    "it to use your gcloud login.")
     assert env.requests == []
 
 
@@ -484,7 +487,7 @@ def test_rule_created_meanwhile_by_another_laptop_is_patched(env):
 
 def test_missing_credentials_is_the_first_thing_said(monkeypatch):
     """No ADC and no network: the credentials error comes before the public-IP lookup."""
-    monkeypatch.setenv("GCPDL_PROJECT", "p")
+    monkeypatch.setenv("GCPDL_PROJECT", "my-project")
     result = run("up", "box", "--gpu", "t4", "--zone", "us-central1-a", "--yes")
     assert result.exit_code == 1
     assert result.stderr == (

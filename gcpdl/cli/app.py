@@ -103,6 +103,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except GcpdlError as e:
             raise UserError(e) from None
+        except click.UsageError as e:
+            if isinstance(e, OneLineUsageError):
+                raise
+            raise OneLineUsageError(e) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             raise click.exceptions.Exit(130)
@@ -118,6 +122,19 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"Error: {self.format_message()}", err=True)
+
+
+class OneLineUsageError(click.UsageError):
+    """A command's usage error (bad option value, unknown option) as one `Error:` line that
+    says where the help is, instead of click's usage block; exit code 2 as click's."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(" ".join(error.format_message().split("\n")), ctx=error.ctx)
+        self.exit_code = error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "gcpdl"
+        click.echo(f"Error: {self.format_message()} (see: {where} --help)", err=True)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

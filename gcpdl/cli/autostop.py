@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import json_option, name_argument, project_option
+from gcpdl.cli.options import ValueArgsCommand, json_option, name_argument, project_option
 
 
-@click.command()
+@click.command(cls=ValueArgsCommand)
 @name_argument
 @click.argument("window", metavar="WINDOW")
 @project_option
@@ -23,7 +23,7 @@ def autostop(app: App, name: str, window: str, project: str | None, as_json: boo
     from gcpdl.spec import parse_autostop, validate_name
 
     validate_name(name)
-    minutes = parse_autostop(window)  # both checked before any API call
+    minutes = parse_autostop(window, what="WINDOW")  # both checked before any API call
     from gcpdl.autostop import set_autostop
     from gcpdl.compute.adapter import Compute, prefetch
 

@@ -72,6 +72,7 @@ def sync(
         raise InvalidInput(f"--jobs must be between 1 and 4096 (got {jobs}).")
     if slice_size < (1 << 20):
         raise InvalidInput("--slice-size must be at least 1 MiB.")
+    _check_values(retry_base, billing_project, on_vm)
     if not local:
         _on_vm(app, url, source, dest, on_vm, project, zone, as_json, [
             *(["--jobs", str(jobs)] if jobs != 64 else []),
@@ -222,3 +223,21 @@ class _Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _check_values(retry_base: float, billing_project: str | None, on_vm: str | None) -> None:
+    """The values that reach a request or the VM's command line, checked before any (issue 9)."""
+    import math
+
+    from gcpdl.settings import escaped, parse_project
+    from gcpdl.spec import validate_name
+
+    if not (math.isfinite(retry_base) and 0 < retry_base <= 60):
+        raise InvalidInput(f"--retry-base must be more than 0 and at most 60 seconds (got {retry_base:g}).")
+    if billing_project is not None:
+        try:
+            parse_project(billing_project)
+        except ValueError as e:
+            raise InvalidInput(f"Invalid --billing-project '{escaped(billing_project)}': {e}.") from None
+    if on_vm is not None:
+        validate_name(on_vm)

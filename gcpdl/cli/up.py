@@ -143,7 +143,9 @@ def _candidates(zone: str | None, zones: list[str]) -> list[str]:
 
 
 def _confirm(price: float) -> bool:
-    return click.confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?", default=False, err=True)
+    from gcpdl.cli.options import confirm
+
+    return confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?")
 
 
 def _render_plan(plan: dict) -> str:

@@ -16,6 +16,7 @@ from gcpdl.errors import DeadlineExceeded, GcpdlError
 from gcpdl.startup import STAGES
 
 Report = Callable[[str], None]
+PUBLISH_GRACE = 60.0  # seconds a new VM's guest agent gets to publish its host keys
 
 
 class StartupFailed(GcpdlError):
@@ -79,7 +80,7 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
 
     if follow_startup:
         wait_startup(factory, name, zone, deadline, report)
-    target = resolve_target(factory, name, zone)
+    target = _with_published_keys(factory, resolve_target(factory, name, zone), deadline, report)
     if target.oslogin:
         # with a role missing, retrying the key until the deadline would only end in a timeout
         from gcpdl.oslogin import access_problem
@@ -102,6 +103,31 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
                 deadline.pause(min(poll, deadline.remaining()))
     report("ready")
     return Ready(name, target.host or "", target.instance_id, server.port, name)
+
+
+def _with_published_keys(factory: Any, target: Any, deadline: Deadline, report: Report) -> Any:
+    """A VM `up` made has guest attributes on, and its guest agent publishes the host keys at
+    boot; until it has, "none published" means "not yet", so wait for them (up to
+    PUBLISH_GRACE within the deadline) rather than trust a key on first use. Only a VM that
+    still publishes nothing after that (an image without the guest agent) falls back to first
+    use, with the warning and the fingerprint."""
+    import dataclasses
+
+    from gcpdl.ssh.hostkeys import read_known
+    from gcpdl.ssh.target import guest_hostkeys
+
+    if target.guest_keys or read_known(target.alias):
+        return target
+    grace = Deadline(min(PUBLISH_GRACE, deadline.remaining()), what=f"the host keys of {target.name}",
+                     clock=deadline.clock, sleep=deadline.sleep)
+    poll = max(0.01, float(factory.settings.poll_interval))
+    report(f"Waiting for {target.name} to publish its SSH host keys...")
+    while not grace.expired():
+        grace.sleep(min(poll, grace.remaining()))
+        keys = guest_hostkeys(factory, factory.project(), target.zone, target.name, deadline=grace)
+        if keys:
+            return dataclasses.replace(target, guest_keys=tuple(keys))
+    return target
 
 
 def ready_hook(factory: Any, report: Report) -> Callable[[Any, Deadline], dict[str, Any]]:
