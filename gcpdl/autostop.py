@@ -35,7 +35,7 @@ class AutostopResult:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["autostop"] = self.value
-        d["state"] = self.status  # the key every other command uses for a VM's state
+        d["state"] = d.pop("status")  # the key every other command uses for a VM's state
         return d
 
 

@@ -54,10 +54,10 @@ def _render_current(r: dict) -> str:
 
 def _render(r: dict) -> str:
     what = f"stops after {r['minutes']} min idle" if r["minutes"] else "autostop off: it runs (and bills) until you stop it"
-    if r["status"] == "RUNNING":
+    if r["state"] == "RUNNING":
         when = "now"
     else:
         from gcpdl.cli.status import human_state
 
-        when = f"when it next starts (it is {human_state(r['status'])})"
+        when = f"when it next starts (it is {human_state(r['state'])})"
     return f"{r['name']} in {r['zone']}: {what}, from {when}."
