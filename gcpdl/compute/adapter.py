@@ -252,9 +252,9 @@ class Compute:
         import requests
         from google.auth import exceptions as gexc
 
-        fix = "Run: gcloud auth application-default login"
         from gcpdl.clients import clip, token_error
 
+        fix = "Run: gcloud auth application-default login"
         if isinstance(e, gexc.DefaultCredentialsError):
             raise CredentialsError(f"No Google credentials found ({clip(str(e).splitlines()[0], 160)}).", fix=fix) from None
         token_uri = getattr(getattr(self.factory, "_credentials", None), "_token_uri", None)
