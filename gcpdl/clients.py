@@ -142,20 +142,13 @@ class _OffGceRequest:
         self._request = Request()
 
     def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
+        import os
         from urllib.parse import urlsplit
 
-        host = (urlsplit(url).hostname or "").lower()
-        if host in ("169.254.169.254", "metadata.google.internal", "metadata") or "computeMetadata" in url or url.rstrip("/").endswith(
-            _metadata_ip()
-        ):
+        metadata = {"169.254.169.254", "metadata.google.internal", "metadata", os.environ.get("GCE_METADATA_IP", "")}
+        if urlsplit(url).netloc.lower() in metadata or urlsplit(url).hostname in metadata:
             raise _NoMetadataServer(url)
         return self._request(url, method=method, body=body, headers=headers, timeout=timeout, **kwargs)
-
-
-def _metadata_ip() -> str:
-    import os
-
-    return os.environ.get("GCE_METADATA_IP", "169.254.169.254")
 
 
 def clip(text: str, limit: int) -> str:
@@ -183,15 +176,19 @@ def token_error(e: BaseException, token_uri: str | None = None) -> GcpdlError:
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__ or next((a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)), None)
     text = " ".join(f"{type(x).__name__} {x}" for x in chain).lower()
-    network = isinstance(e, gexc.TransportError) or any(isinstance(x, (OSError, socket.gaierror)) for x in chain[1:]) or any(
-        w in text for w in ("connectionerror", "connection refused", "newconnectionerror", "max retries exceeded", "proxyerror", "timed out")
+    # requests' and urllib3's connection errors, or the socket's own (google-auth wraps them)
+    network = isinstance(e, gexc.TransportError) or any(
+        isinstance(x, (ConnectionError, TimeoutError, socket.gaierror))
+        or any(w in type(x).__name__ for w in ("Connection", "Timeout", "ProxyError", "NameResolution", "MaxRetry"))
+        for x in chain
     )
     if not network:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         return CredentialsError(f"Could not get an access token: {clip(first, 200)}", fix=ADC_FIX)
     where = f" ({token_uri})" if token_uri else ""
     host = urlsplit(token_uri).hostname if token_uri else None
-    if any(isinstance(x, socket.gaierror) for x in chain) or "name or service not known" in text or "nameresolution" in text or "temporary failure in name resolution" in text:
+    dns = ("name or service not known", "nameresolution", "temporary failure in name resolution", "nodename nor servname")
+    if any(isinstance(x, socket.gaierror) for x in chain) or any(w in text for w in dns):
         cause = f"the name {host} does not resolve (DNS)" if host else "a DNS lookup failed"
         fix = "Check your network and DNS, or a proxy (HTTPS_PROXY)."
     elif "proxy" in text:
