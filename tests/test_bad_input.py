@@ -92,7 +92,7 @@ def asked_then_refused(result, question: str) -> None:
 def test_confirmation_without_a_terminal_says_pass_yes(env, monkeypatch):
     monkeypatch.setenv("GCPDL_CONFIRM_ABOVE", "0")
     result = run("up", "box", "--gpu", "t4")
-    asked_then_refused(result, "This VM costs about $0.74/h while it runs. Create it? [y/N]: ")
+    asked_then_refused(result, "This VM costs about $0.73/h while it runs. Create it? [y/N]: ")
     assert env.calls("compute.instances.insert") == []
 
 

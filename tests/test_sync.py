@@ -111,8 +111,8 @@ def test_retries_throttling_and_resets(gcs, tmp_path):
     s = sync_json("gs://dset/d", str(dest))
     assert (s["files"], s["failed"]) == (40, 0) and s["retries"] >= 6
     gcs.faults(fail_status=429, fail_count=3, fail_kinds=["media"], reset_mid_body=3)
-    s = sync_json("gs://dset/d2", str(tmp_path / "out2"))  # empty prefix: nothing to do
-    assert s["files"] == 0
+    r = run_sync("gs://dset/d2", str(tmp_path / "out2"))  # matches nothing: an error, nothing fetched
+    assert r.exit_code == 1 and not (tmp_path / "out2").exists()
     for p in dest.iterdir():
         if p.is_file():
             p.unlink()
@@ -233,7 +233,7 @@ def _assert_error(r, code: int, line: str, dest: Path | None = None):
 
 def test_malformed_url(tmp_path):
     r = run_sync("http://x/y", str(tmp_path / "o"))
-    _assert_error(r, 2, "Error: 'http://x/y' is not a gs:// URL. Use gs://BUCKET or gs://BUCKET/PREFIX.", tmp_path / "o")
+    _assert_error(r, 2, "Error: 'http://x/y' is not a Cloud Storage link. Use gs://BUCKET/PATH, https://storage.googleapis.com/BUCKET/PATH or a Cloud Console bucket link.", tmp_path / "o")
 
 
 def test_bucket_not_found(gcs, tmp_path):

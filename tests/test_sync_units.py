@@ -34,7 +34,7 @@ def test_parse_gs_url(url, bucket, prefix):
 @pytest.mark.parametrize(
     "url, message",
     [
-        ("s3://b/x", "'s3://b/x' is not a gs:// URL. Use gs://BUCKET or gs://BUCKET/PREFIX."),
+        ("s3://b/x", "'s3://b/x' is not a gs:// URL. Use gs://BUCKET/PATH, https://storage.googleapis.com/BUCKET/PATH or a Cloud Console bucket link."),
         ("gs://", "'gs://' names no bucket. Use gs://BUCKET or gs://BUCKET/PREFIX."),
         ("gs:///x", "'gs:///x' names no bucket. Use gs://BUCKET or gs://BUCKET/PREFIX."),
         ("gs://Bad_Bucket", "'Bad_Bucket' is not a valid bucket name (lowercase letters, digits, '-', '_' and '.')."),

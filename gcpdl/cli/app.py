@@ -56,7 +56,7 @@ class App:
         from gcpdl.clients import ClientFactory
 
         if self._factory is None or flags:
-            self._factory = ClientFactory(self.settings(**flags))
+            self._factory = ClientFactory(self.settings(**flags), on_notice=self.warn)
         return self._factory
 
     # --- output: data to stdout, messages to stderr ----------------------------------------

@@ -104,7 +104,10 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         app.say(f"{result.api_calls} Compute API requests.")
     for diff in result.differences:
         app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
-    app.emit(result.as_dict(), as_json, _render_result)
+    from gcpdl.cost import upkeep
+
+    money = upkeep(compute, result.instance, vm.disks() if result.action == "created" else None)
+    app.emit({**result.as_dict(), **money.as_dict()}, as_json, _render_result)
 
 
 def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
@@ -186,18 +189,31 @@ def _oslogin_line(found: dict | None) -> str:
 
 
 def _render_result(r: dict) -> str:
+    from gcpdl.autostop import window_label
+
+    name = r["name"]
     gpu = f"{r['gpu_count']} x {r['gpu']}" if r["gpu"] else "none"
     verb = {"created": "Created", "started": "Started", "reused": "Already running:"}[r["action"]]
     lines = [
-        f"{verb} {r['name']} in {r['zone']}",
+        f"{verb} {name} in {r['zone']}",
         f"  machine   {r['machine_type']}  GPU {gpu}{'  (Spot)' if r['spot'] else ''}",
         f"  address   {r['external_ip'] or '-'}  (SSH from {r['ssh_from']})",
         f"  price     ${r['price_per_hour']:.2f}/h while running",
     ]
+    if r.get("disk_monthly") is not None:
+        which = f"boot + data disk {r['data_disk']}" if r.get("data_disk") else "boot disk"
+        lines.append(f"  disks     ${r['disk_monthly']:.2f}/month, running or stopped ({which})")
+    if r.get("autostop_minutes"):
+        lines.append(f"  autostop  after {window_label(r['autostop_minutes'])} idle; change it: gcpdl autostop {name} 2h|off")
+    elif "autostop_minutes" in r:
+        lines.append(f"  autostop  off: it runs (and bills) until you stop it; set: gcpdl autostop {name} 1h")
+    if r.get("data_dir"):
+        lines.append(f"  data      gcpdl sync gs://BUCKET/DIR lands in {r['data_dir']}/DIR (Jupyter: data/DIR)")
     ready = r.get("ready") or {}
     if isinstance(ready, dict) and ready.get("ssh"):
         lines.append(f"  ssh       {ready['ssh']}")
     if isinstance(ready, dict) and ready.get("jupyter"):
         lines.append(f"  jupyter   {ready['jupyter']}")
-    lines.append(f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}")
+    down = f"gcpdl down {name}" + (" --delete-data" if r.get("data_disk") else "")
+    lines.append(f"Stop the GPU bill: gcpdl stop {name}. Stop every bill: {down}")
     return "\n".join(lines)

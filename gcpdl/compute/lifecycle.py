@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from gcpdl.compute import firewall as fw
@@ -74,7 +74,8 @@ class Plan:
 
 
 def price_for(spec: VmSpec, zone: str) -> float:
-    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot, spec.disks()).total
+    """$/h while running: machine + GPUs, the part `stop` saves (disks are priced per month)."""
+    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot).running
 
 
 def startup_for(spec: VmSpec, user: str | None = None) -> str:
@@ -437,8 +438,8 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny
 
 
 def _price_of(inst: Instance) -> float:
-    return hourly_price(inst.machine_type, inst.gpu, inst.gpu_count, region_of(inst.zone), inst.spot,
-                        ((inst.boot_disk_gb or 0, "pd-balanced"),)).total
+    """The same figure as ``price_for`` and `cost`'s running price, for a VM that exists."""
+    return hourly_price(inst.machine_type, inst.gpu, inst.gpu_count, region_of(inst.zone), inst.spot).running
 
 
 # --- start / stop / down ------------------------------------------------------------------
@@ -652,37 +653,92 @@ class VmStatus:
             return None
         return round(self.price_per_hour * self.uptime_s / 3600.0, 2)
 
+    @property
+    def autostop_minutes(self) -> int | None:
+        from gcpdl.autostop import window_minutes
+
+        return window_minutes(self.instance.metadata)
+
     def as_dict(self) -> dict[str, Any]:
+        from gcpdl.autostop import window_label
+
         return {
+            "kind": "vm",
             **self.instance.summary(),
             "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
             "price_per_hour": self.price_per_hour,
             "spend_since_start": self.spend_since_start,
             "disk_monthly": self.disk_monthly,
+            "autostop": window_label(self.autostop_minutes),
+            "autostop_minutes": self.autostop_minutes,
             "autostop_reason": self.autostop_reason,
             "open_to_world": [o.as_dict() for o in self.open_to_world if not o.harmless],
         }
 
 
+@dataclass
+class KeptDisk:
+    """A gcpdl data disk attached to no VM (kept by `down`): it bills every month."""
+
+    name: str
+    zone: str
+    size_gb: int
+    disk_type: str
+    disk_monthly: float
+    vm: str | None  # the VM it was made for (label gcpdl-vm)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": "disk", **asdict(self)}
+
+
+@dataclass
+class StatusReport:
+    vms: list[VmStatus]
+    kept_disks: list[KeptDisk] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [v.as_dict() for v in self.vms] + [d.as_dict() for d in self.kept_disks]
+
+
 def status(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> list[VmStatus]:
+    return status_report(compute, name, now).vms
+
+
+def status_report(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> StatusReport:
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-status") as pool:
-        # the project's firewall rules (which open VMs to the world), read beside the VM list:
-        # status waits for no extra round trip
+    preempted: dict[str, Future] = {}
+    reasons: dict[str, Future] = {}
+    # every extra read at once: status waits for one round trip after the list, not one per VM.
+    # The disk list goes alongside the VM list (stopped VMs and kept data disks still bill), and
+    # so do the project's firewall rules (which open VMs to the world).
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcpdl-status") as pool:
+        disks = pool.submit(_disks_by_zone, compute, deadline)
         f_rules = pool.submit(_rules_or_none, compute, deadline)
         vms = list_managed(compute, deadline)
         lookup.remember(compute, *vms)
         if name is not None:
             vms = [v for v in vms if v.name == name]
-            if not vms:
-                raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
-        out = _status_rows(compute, vms, deadline, now)
+        stopped = [v for v in vms if v.status in STOPPED_STATES]
+        for v in stopped:
+            reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
+            if v.spot:
+                preempted[v.name] = pool.submit(_was_preempted, compute, v, deadline)
+        kept = _kept_disks(vms, disks.result(), name)
         rules = f_rules.result()
+    if name is not None and not vms and not kept:
+        raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
+    t = now()
+    out = []
+    for v in vms:
+        v.preempted = v.preempted or (v.name in preempted and preempted[v.name].result())
+        reason = reasons[v.name].result() if v.name in reasons else None
+        monthly = _disk_monthly(v, disks.result()) if v.status in STOPPED_STATES else None
+        out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason, monthly))
     if rules is not None and vms:
         found = fw.world_open_rules(rules, [(v.name, v.network, v.tags) for v in vms])
         for row in out:
             row.open_to_world = [o for o in found if row.instance.name in o.vms]
-    return out
+    return StatusReport(out, kept)
 
 
 def _rules_or_none(compute: Compute, deadline: Deadline) -> list[dict] | None:
@@ -692,27 +748,21 @@ def _rules_or_none(compute: Compute, deadline: Deadline) -> list[dict] | None:
         return None  # best effort: status still answers without the firewall findings
 
 
-def _status_rows(compute: Compute, vms: list[Instance], deadline: Deadline, now: Callable[[], float]) -> list[VmStatus]:
-    stopped = [v for v in vms if v.status in STOPPED_STATES]
-    preempted: dict[str, Future] = {}
-    reasons: dict[str, Future] = {}
-    disks: Future | None = None
-    if stopped:
-        # every extra read at once: status waits for one round trip after the list, not one per VM
-        with ThreadPoolExecutor(max_workers=min(8, 2 * len(stopped) + 1), thread_name_prefix="gcpdl-status") as pool:
-            # stopped VMs still pay for their disks: the disks' own sizes and types price them
-            disks = pool.submit(_disks_by_zone, compute, deadline)
-            for v in stopped:
-                reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
-                if v.spot:
-                    preempted[v.name] = pool.submit(_was_preempted, compute, v, deadline)
-    t = now()
+def _kept_disks(vms: list[Instance], disks: dict[str, list[dict[str, Any]]] | None, name: str | None) -> list[KeptDisk]:
+    """gcpdl data disks attached to none of ``vms`` (all of them, or VM ``name``'s own)."""
+    if disks is None:
+        return []
+    from gcpdl.cost import disk_monthly_of, loose_disks
+
+    used = {(v.zone, d) for v in vms for d in v.disks}
+    found = loose_disks((d for items in disks.values() for d in items), used, {v.name for v in vms})
     out = []
-    for v in vms:
-        v.preempted = v.preempted or (v.name in preempted and preempted[v.name].result())
-        reason = reasons[v.name].result() if v.name in reasons else None
-        monthly = _disk_monthly(v, disks.result()) if disks is not None and v.status in STOPPED_STATES else None
-        out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason, monthly))
+    for d in found:
+        vm = (d.get("labels") or {}).get("gcpdl-vm") or (d["name"][:-5] if d["name"].endswith("-data") else None)
+        if name is not None and vm != name:
+            continue
+        out.append(KeptDisk(d["name"], d["zone"].rsplit("/", 1)[-1], int(d.get("sizeGb") or 0),
+                            (d.get("type") or "pd-balanced").rsplit("/", 1)[-1], disk_monthly_of(d), vm))
     return out
 
 
@@ -727,15 +777,10 @@ def _disk_monthly(inst: Instance, disks: dict[str, list[dict[str, Any]]] | None)
     """Monthly price of the VM's own disks (boot, attached, and its NAME-data disk)."""
     if disks is None:
         return None
-    from gcpdl.pricing import disk_monthly
+    from gcpdl.cost import disk_monthly_of
 
     names = set(inst.disks) | {f"{inst.name}-data"}
-    total = 0.0
-    for d in disks.get(inst.zone, []):
-        if d.get("name") in names:
-            dtype = (d.get("type") or "pd-balanced").rsplit("/", 1)[-1]
-            total += disk_monthly(int(d.get("sizeGb") or 0), dtype, region_of(inst.zone))
-    return round(total, 2)
+    return round(sum(disk_monthly_of(d) for d in disks.get(inst.zone, []) if d.get("name") in names), 2)
 
 
 AUTOSTOP_ATTRIBUTE = "gcpdl/autostop"

@@ -274,14 +274,21 @@ def run_sync(
     if opts.jobs < 1 or opts.jobs > 4096:
         raise InvalidInput(f"--jobs must be between 1 and 4096 (got {opts.jobs}).")
     dest = opts.dest
-    if dest.exists() and not dest.is_dir():
+    # a DEST that is a file may be the file a single-object URL names (decided by the listing)
+    if dest.exists() and not dest.is_dir() and dest.name != opts.source.leaf:
         raise InvalidInput(f"DEST {dest} exists and is not a folder.")
     run = _Run(opts, on_progress, on_warning)
     creds = _credentials(factory, opts.anonymous, on_warning or (lambda m: None))
     identity = _identity(creds)
     client = factory.storage(project=opts.billing_project, anonymous=creds is None)
-    pages = listing_mod.iter_pages(client, opts.source.bucket, opts.source.prefix, opts.billing_project, identity)
-    # The first page before touching DEST: a missing bucket or a denied read leaves nothing behind.
+    # The first page before touching DEST: a missing bucket, a denied read or a URL that matches
+    # nothing leaves nothing behind. A URL naming one object lands in DEST (listing.object_dest).
+    source, pages = listing_mod.open_listing(client, opts.source, opts.billing_project, identity)
+    if source.object is not None:
+        opts.source, opts.dest = source, listing_mod.object_dest(source, dest, opts.delete)
+        dest, run = opts.dest, _Run(opts, on_progress, on_warning)
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"DEST {dest} exists and is not a folder.")
     first = next(pages, [])
 
     created_dest = False
