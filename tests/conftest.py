@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.compute",
     "tests.fixtures.ssh",
     "tests.fixtures.storage",
+    "tests.fixtures.guestvm",
 ]
