@@ -38,6 +38,11 @@ def gcpdl_writes_since(vm: GuestVm, t0: float) -> list[dict]:
     return [w for w in vm.writes() if w["namespace"] == "gcpdl" and w["at"] >= t0]
 
 
+def agent_pid(vm: GuestVm) -> str:
+    """The running google_guest_agent's pid inside the guest."""
+    return vm.run("pidof", "google_guest_agent", check=True).stdout.split()[0]
+
+
 def login(vm: GuestVm, user: str = "gcpdl", seconds: float = 30.0):
     return connect(vm.target(user), Deadline(seconds, what="SSH"), key_path=vm.key.private_path)
 
@@ -148,7 +153,7 @@ def test_startup_script_that_starts_before_the_agent_leaves_the_user_to_the_agen
     starts, then letting it go once the script has either created the user itself or is waiting
     (a `sleep` in the namespace)."""
     user = "racer"
-    agent = guestvm.status()["agent_pid_in_ns"]
+    agent = agent_pid(guestvm)
     entries = f"{guestvm.key.metadata_entry()}\n{guestvm.key.metadata_entry(user)}"
     script = render_startup_script(StartupOptions(user=user, gpu=False, jupyter_wait_seconds=JUPYTER_WAIT))
 
@@ -159,7 +164,7 @@ def test_startup_script_that_starts_before_the_agent_leaves_the_user_to_the_agen
     def something_sleeps() -> bool:
         return "sleep" in guestvm.process_names()
 
-    guestvm.run("kill", "-STOP", str(agent), check=True)
+    guestvm.run("kill", "-STOP", agent, check=True)
     runner = None
     try:
         guestvm.set_attributes(**{"startup-script": script, "ssh-keys": entries})
@@ -167,7 +172,7 @@ def test_startup_script_that_starts_before_the_agent_leaves_the_user_to_the_agen
         guestvm.wait("the script to create the user or wait for it",
                      lambda: script_created_user() or something_sleeps() or runner.poll() is not None)
     finally:
-        guestvm.run("kill", "-CONT", str(agent), check=True)
+        guestvm.run("kill", "-CONT", agent, check=True)
     try:
         out, _ = runner.communicate(timeout=SCRIPT_TIMEOUT)
         assert "startup-script exit status 0" in out, out
@@ -176,6 +181,20 @@ def test_startup_script_that_starts_before_the_agent_leaves_the_user_to_the_agen
         assert not script_created_user()
     finally:
         guestvm.set_attributes(**{"ssh-keys": guestvm.key.metadata_entry()})
+
+
+def test_restarting_the_agent_does_not_republish_host_keys(guestvm: GuestVm):
+    """The agent regenerates and publishes host keys only when the instance id changes (first
+    boot), so "restart the guest agent so it republishes host keys" is no fix."""
+    before = len(guestvm.writes())
+    old = agent_pid(guestvm)
+    guestvm.run("kill", old, check=True)
+    guestvm.wait("the agent to stop", lambda: guestvm.run("pidof", "google_guest_agent").returncode != 0)
+    # as systemd's Restart=always would; its first pass ends with the guest-agent/sshable write
+    guestvm.spawn("sh", "-c", "exec google_guest_agent >>/run/guestvm/logs/agent.log 2>&1")
+    guestvm.wait("the restarted agent's first pass",
+                 lambda: any(w["namespace"] == "guest-agent" for w in guestvm.writes()[before:]))
+    assert [w for w in guestvm.writes()[before:] if w["namespace"] == "hostkeys"] == []
 
 
 # --- c) OS Login ------------------------------------------------------------------------------
@@ -207,14 +226,18 @@ def test_os_login_replaces_the_ssh_keys_path(guestvm: GuestVm):
         "profiles": [alice_profile(guestvm)],
         "authorize": {ALICE: {"login": True, "adminLogin": False}},
     }})
+    before = len(guestvm.writes())
     guestvm.set_attributes("project", **{"enable-oslogin": "TRUE"})
     try:
-        # the agent points sshd and NSS at OS Login (google_oslogin_nss_cache ran too)
-        guestvm.wait("sshd_config to use google_authorized_keys",
-                     lambda: "AuthorizedKeysCommand /usr/bin/google_authorized_keys"
-                     in (guestvm.read("/etc/ssh/sshd_config") or ""))
-        guestvm.wait("nsswitch.conf to use oslogin",
-                     lambda: "cache_oslogin oslogin" in (guestvm.read("/etc/nsswitch.conf") or ""))
+        # the agent rewrites sshd_config, nsswitch.conf and pam.d/sshd, reloads sshd, then says
+        # so in guest-agent/sshable
+        guestvm.wait("the agent to reconfigure sshd for OS Login",
+                     lambda: any(w["namespace"] == "guest-agent" for w in guestvm.writes()[before:]))
+        sshd_config = guestvm.read("/etc/ssh/sshd_config")
+        assert "AuthorizedKeysCommand /usr/bin/google_authorized_keys\nAuthorizedKeysCommandUser root" in sshd_config
+        nss = {line.split(":")[0]: line for line in guestvm.read("/etc/nsswitch.conf").splitlines() if ":" in line}
+        assert nss["passwd"].endswith(" cache_oslogin oslogin") and nss["group"].endswith(" cache_oslogin oslogin")
+        assert "pam_oslogin_login.so" in guestvm.read("/etc/pam.d/sshd")
         # the ssh-keys user keeps its account but loses its key and sudo: no login
         guestvm.wait("the agent to take gcpdl's key away",
                      lambda: guestvm.read("/home/gcpdl/.ssh/authorized_keys") is None)
