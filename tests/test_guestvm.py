@@ -291,3 +291,97 @@ def test_the_host_is_untouched(guestvm: GuestVm):
     assert host_snapshot() == guestvm.host_before
     with open("/etc/passwd") as f:
         assert not any(line.startswith(("gcpdl:", "racer:")) for line in f)
+
+
+# --- the stand-in itself, as the clients above need it (no root needed) --------------------------
+
+
+@pytest.fixture
+def standin():
+    import http.client
+
+    from tests.fakes.metadata_server import MetadataState, serve
+
+    state = MetadataState()
+    state.merge({"instance": {"attributes": {"enable-guest-attributes": "TRUE", "ssh-keys": "a:ssh-ed25519 AAAA a"}}})
+    servers = serve(state, ("127.0.0.1", 0))
+    port = servers[0].server_address[1]
+
+    def get(path: str, headers: dict | None = None, method: str = "GET", body: str | None = None):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request(method, path, body=body, headers={"Metadata-Flavor": "Google"} if headers is None else headers)
+        resp = conn.getresponse()
+        out = (resp.status, dict(resp.getheaders()), resp.read().decode())
+        conn.close()
+        return out
+
+    yield state, get
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_standin_requires_and_returns_metadata_flavor(standin):
+    _, get = standin
+    assert get("/computeMetadata/v1/instance/id", headers={})[0] == 403
+    assert get("/computeMetadata/v1/instance/id", headers={"Metadata-Flavor": "Google", "X-Forwarded-For": "1.2.3.4"})[0] == 403
+    status, headers, body = get("/computeMetadata/v1/instance/id")
+    assert (status, headers["Metadata-Flavor"], body) == (200, "Google", "4520031799277581234")
+
+
+def test_standin_recursive_json_is_shaped_for_the_agent(standin):
+    import json
+
+    _, get = standin
+    status, headers, body = get("/computeMetadata/v1//?recursive=true&alt=json&last_etag=NONE")
+    tree = json.loads(body)
+    assert status == 200 and headers["ETag"]
+    nic = tree["instance"]["networkInterfaces"][0]  # numbered directories are arrays, keys camelCase
+    assert nic["forwardedIps"] == [] and nic["mac"]
+    assert tree["instance"]["attributes"]["enable-guest-attributes"] == "TRUE"  # custom keys as written
+    assert "oslogin" not in tree
+    assert get("/computeMetadata/v1/instance/attributes/")[2] == "enable-guest-attributes\nssh-keys\n"
+
+
+def test_standin_long_poll_returns_on_change_with_a_new_etag(standin):
+    import threading
+
+    state, get = standin
+    etag = get("/computeMetadata/v1/instance/attributes/ssh-keys")[1]["ETag"]
+    answer: list = []
+    t = threading.Thread(target=lambda: answer.append(
+        get(f"/computeMetadata/v1/instance/attributes/ssh-keys?wait_for_change=true&last_etag={etag}")))
+    t.start()
+    state.merge({"instance": {"attributes": {"ssh-keys": "b:ssh-ed25519 BBBB b"}}})
+    t.join(30)
+    status, headers, body = answer[0]
+    assert (status, body) == (200, "b:ssh-ed25519 BBBB b") and headers["ETag"] != etag
+
+
+def test_standin_guest_attributes_are_recorded_and_queryable(standin):
+    state, get = standin
+    assert get("/computeMetadata/v1/instance/guest-attributes/gcpdl/stage", method="PUT", body="boot")[0] == 200
+    assert get("/computeMetadata/v1/instance/guest-attributes/gcpdl/stage")[2] == "boot"
+    assert [(w.namespace, w.key, w.value) for w in state.writes] == [("gcpdl", "stage", "boot")]
+    assert state.query("gcpdl/")["queryValue"]["items"] == [{"namespace": "gcpdl", "key": "stage", "value": "boot"}]
+    state.merge({"instance": {"attributes": {"enable-guest-attributes": None}}})
+    assert get("/computeMetadata/v1/instance/guest-attributes/gcpdl/stage", method="PUT", body="x")[0] == 403
+
+
+def test_standin_os_login_answers_404_until_enabled(standin):
+    import json
+
+    state, get = standin
+    profile = {"name": "a@example.com", "posixAccounts": [{"username": "a_example_com", "uid": "2001", "gid": "2001"}]}
+    state.merge({"oslogin": {"profiles": [profile], "authorize": {"a@example.com": {"login": True}}}})
+    assert get("/computeMetadata/v1/oslogin/users?username=a_example_com")[0] == 404
+    state.merge({"project": {"attributes": {"enable-oslogin": "TRUE"}}})
+    status, _, body = get("/computeMetadata/v1/oslogin/users?username=a_example_com")
+    assert status == 200 and json.loads(body)["loginProfiles"][0]["name"] == "a@example.com"
+    assert json.loads(get("/computeMetadata/v1/oslogin/users?uid=2001")[2])["loginProfiles"][0] == profile
+    assert get("/computeMetadata/v1/oslogin/users?username=nobody")[0] == 404
+    assert json.loads(get("/computeMetadata/v1/oslogin/authorize?email=a@example.com&policy=login")[2]) == {"success": True}
+    assert json.loads(get("/computeMetadata/v1/oslogin/authorize?email=a@example.com&policy=adminLogin")[2]) == {"success": False}
+    first = json.loads(get("/computeMetadata/v1/oslogin/users?pagesize=1000")[2])
+    last = json.loads(get(f"/computeMetadata/v1/oslogin/users?pagesize=1000&pagetoken={first['nextPageToken']}")[2])
+    assert len(first["loginProfiles"]) == 1 and last == {"nextPageToken": "0"}
