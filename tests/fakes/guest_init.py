@@ -18,7 +18,8 @@ logs/, status.json. It boots like a GCE VM whose units are ordered as Debian's p
    then `google_metadata_script_runner startup` (After=google-guest-agent.service), as systemd
    orders them. `systemctl` is tests/fakes/systemctl_standin.py (systemd is not PID 1 here).
 
-PID 1 only reaps; a forked child does the work. The fixture ends everything by SIGKILL to this
+PID 1 only reaps; a forked child does the work. BASE/spec.json may set "agent_prefix" (e.g.
+["strace", "-f", "-o", "/run/guestvm/agent.strace"]) to look at what the agent does. The fixture ends everything by SIGKILL to this
 PID 1, which takes the whole PID namespace (and with it the mount and network namespaces) along.
 """
 
