@@ -222,11 +222,7 @@ def guest_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def boot(base: Path) -> None:
-    spec = json.loads((base / "spec.json").read_text())
-    # read now: the mounts below may hide the checkout (a clone under /home or /tmp)
-    spec["_systemctl_source"] = (HERE / "systemctl_standin.py").read_text()
-    mount_all(base)
+def boot(base: Path, spec: dict) -> None:
     (RUN / "logs").mkdir(exist_ok=True)
     status = Status()
     prepare_image(spec)
@@ -294,6 +290,15 @@ def reap_forever(child: int) -> None:
 
 def main() -> None:
     base = Path(sys.argv[1])
+    try:
+        spec = json.loads((base / "spec.json").read_text())
+        # read now: the mounts below may hide the checkout (a clone under /home or /tmp)
+        spec["_systemctl_source"] = (HERE / "systemctl_standin.py").read_text()
+        # before the fork, so that PID 1's root and cwd are the guest's (nsenter -r -w uses them)
+        mount_all(base)
+    except BaseException as e:
+        (base / "boot-error.txt").write_text(f"{type(e).__name__}: {e}\n")
+        raise
     if os.getpid() == 1:
         child = os.fork()
         if child:
@@ -301,7 +306,7 @@ def main() -> None:
                 signal.signal(sig, lambda *_: os.kill(-1, signal.SIGKILL))
             reap_forever(child)
     try:
-        boot(base)
+        boot(base, spec)
     except BaseException as e:  # the host reads this instead of waiting to its deadline
         for d in (RUN, base):
             try:
