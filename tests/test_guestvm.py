@@ -194,7 +194,7 @@ def test_restarting_the_agent_does_not_republish_host_keys(guestvm: GuestVm):
     guestvm.run("kill", old, check=True)
     guestvm.wait("the agent to stop", lambda: guestvm.run("pidof", "google_guest_agent").returncode != 0)
     # as systemd's Restart=always would; its first pass ends with the guest-agent/sshable write
-    guestvm.spawn("sh", "-c", "exec google_guest_agent >>/run/guestvm/logs/agent.log 2>&1")
+    guestvm.spawn("sh", "-c", "exec google_guest_agent >>/run/guestvm/logs/agent.log 2>&1", env={"GUEST_AGENT_DEBUG": "1"})
     guestvm.wait("the restarted agent's first pass",
                  lambda: any(w["namespace"] == "guest-agent" for w in guestvm.writes()[before:]))
     assert [w for w in guestvm.writes()[before:] if w["namespace"] == "hostkeys"] == []
@@ -204,6 +204,20 @@ def test_restarting_the_agent_does_not_republish_host_keys(guestvm: GuestVm):
 
 ALICE = "alice@example.com"
 ALICE_USER = "alice_example_com"
+
+
+def set_os_login(vm: GuestVm, enabled: bool) -> None:
+    """Turn OS Login on or off in project metadata and wait for the agent to finish applying it:
+    each change runs its OS Login manager once, which ends (after rewriting sshd_config,
+    nsswitch.conf and pam.d/sshd and reloading sshd) with one guest-agent/sshable write. Every
+    change goes through here, so no earlier change's write can be mistaken for this one's."""
+
+    def sshable() -> int:
+        return sum(1 for w in vm.writes() if w["namespace"] == "guest-agent")
+
+    n = sshable()
+    vm.set_attributes("project", **{"enable-oslogin": "TRUE" if enabled else None})
+    vm.wait(f"the agent to turn OS Login {'on' if enabled else 'off'}", lambda: sshable() > n)
 
 
 def alice_profile(vm: GuestVm) -> dict:
@@ -229,13 +243,8 @@ def test_os_login_replaces_the_ssh_keys_path(guestvm: GuestVm):
         "profiles": [alice_profile(guestvm)],
         "authorize": {ALICE: {"login": True, "adminLogin": False}},
     }})
-    before = len(guestvm.writes())
-    guestvm.set_attributes("project", **{"enable-oslogin": "TRUE"})
+    set_os_login(guestvm, True)
     try:
-        # the agent rewrites sshd_config, nsswitch.conf and pam.d/sshd, reloads sshd, then says
-        # so in guest-agent/sshable
-        guestvm.wait("the agent to reconfigure sshd for OS Login",
-                     lambda: any(w["namespace"] == "guest-agent" for w in guestvm.writes()[before:]))
         sshd_config = guestvm.read("/etc/ssh/sshd_config")
         assert "AuthorizedKeysCommand /usr/bin/google_authorized_keys\nAuthorizedKeysCommandUser root" in sshd_config
         nss = {line.split(":")[0]: line for line in guestvm.read("/etc/nsswitch.conf").splitlines() if ":" in line}
@@ -262,7 +271,7 @@ def test_os_login_replaces_the_ssh_keys_path(guestvm: GuestVm):
             login(guestvm, ALICE_USER)
     finally:
         guestvm.set_metadata({"oslogin": {"authorize": {ALICE: {"login": True, "adminLogin": False}}}})
-        guestvm.set_attributes("project", **{"enable-oslogin": None})
+        set_os_login(guestvm, False)
     # OS Login off again: the agent gives the ssh-keys user its key back
     guestvm.wait("the agent to restore gcpdl's key", lambda: guestvm.read("/home/gcpdl/.ssh/authorized_keys"))
     with login(guestvm) as session:
@@ -281,11 +290,8 @@ def test_startup_script_serves_jupyter_to_the_os_login_user(guestvm: GuestVm):
         "profiles": [alice_profile(guestvm)],
         "authorize": {ALICE: {"login": True, "adminLogin": False}},
     }})
-    before = len(guestvm.writes())
-    guestvm.set_attributes("project", **{"enable-oslogin": "TRUE"})
+    set_os_login(guestvm, True)
     try:
-        guestvm.wait("the agent to reconfigure sshd for OS Login",
-                     lambda: any(w["namespace"] == "guest-agent" for w in guestvm.writes()[before:]))
         guestvm.run("rm", "-rf", f"/home/{ALICE_USER}", check=True)  # a VM nobody logged in to yet
         script = render_startup_script(StartupOptions(user=ALICE_USER, gpu=False, jupyter_wait_seconds=JUPYTER_WAIT))
         guestvm.set_attributes(**{"startup-script": script})
@@ -298,7 +304,7 @@ def test_startup_script_serves_jupyter_to_the_os_login_user(guestvm: GuestVm):
             assert session.run("curl -fsS http://127.0.0.1:8888/api").exit_code == 0
     finally:
         guestvm.run("systemctl", "stop", "gcpdl-jupyter.service", "gcpdl-autostop.service")
-        guestvm.set_attributes("project", **{"enable-oslogin": None})
+        set_os_login(guestvm, False)
         guestvm.wait("the agent to restore gcpdl's key", lambda: guestvm.read("/home/gcpdl/.ssh/authorized_keys"))
 
 
