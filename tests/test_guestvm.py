@@ -145,11 +145,6 @@ def test_startup_script_on_a_gpu_vm_without_driver_fails_with_a_clear_error(gues
     assert gcpdl_writes_since(guestvm, t0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="templates/startup.sh.j2 ensure_user runs useradd itself when it starts before the agent "
-    "(issue 8 #3); the 'startup' helper's change makes it wait for the agent's user",
-)
 def test_startup_script_that_starts_before_the_agent_leaves_the_user_to_the_agent(guestvm: GuestVm):
     """systemd starts google-startup-scripts as soon as the agent notifies READY, which it does
     before its accounts pass. Made deterministic here by stopping the agent while the script
@@ -278,11 +273,6 @@ def test_os_login_replaces_the_ssh_keys_path(guestvm: GuestVm):
         assert session.run("id -un").stdout.strip() == "gcpdl"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="templates/startup.sh.j2 assumes the login user has a home: `ln -s /data $home/data` fails for an OS "
-    "Login user before its first SSH login (issue 8 #1); the 'startup' helper's ensure_user creates it",
-)
 def test_startup_script_serves_jupyter_to_the_os_login_user(guestvm: GuestVm):
     """With OS Login, gcpdl's login user is the POSIX name from the login profile: it exists only
     through the NSS module and has no home until its first SSH login (pam_mkhomedir)."""
