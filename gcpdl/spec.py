@@ -262,6 +262,14 @@ def validate_cidr(value: str) -> str:
         raise InvalidInput(f"Invalid --ssh-from '{_show(value)}': {e}.") from None
 
 
+def validate_project_flag(value: str, flag: str) -> str:
+    """A project id given on the command line (--image-project, --billing-project)."""
+    try:
+        return parse_project(value)
+    except ValueError as e:
+        raise InvalidInput(f"Invalid {flag} '{_show(value)}': {e}.") from None
+
+
 def _given(value: str | None, flag: str) -> str | None:
     """None when the flag was not given; an empty or blank value is an error, not "not given"."""
     if value is not None and not value.strip():
@@ -334,10 +342,7 @@ def build_spec(
     if image_family is not None and not _IMAGE_FAMILY_RE.fullmatch(image_family):
         raise InvalidInput(f"Invalid --image-family '{_show(image_family)}': expected an image family like {GPU_IMAGE_FAMILY}.")
     if image_project is not None:
-        try:
-            parse_project(image_project)
-        except ValueError as e:
-            raise InvalidInput(f"Invalid --image-project '{_show(image_project)}': {e}.") from None
+        validate_project_flag(image_project, "--image-project")
     if gpu and cpu_only:
         raise InvalidInput("Choose either --gpu or --cpu-only, not both.")
     # `gcpdl up box` with no GPU flag: restart box as it is, or create it with the cheapest GPU

@@ -229,15 +229,11 @@ def _check_values(retry_base: float, billing_project: str | None, on_vm: str | N
     """The values that reach a request or the VM's command line, checked before any (issue 9)."""
     import math
 
-    from gcpdl.settings import escaped, parse_project
-    from gcpdl.spec import validate_name
+    from gcpdl.spec import validate_name, validate_project_flag
 
     if not (math.isfinite(retry_base) and 0 < retry_base <= 60):
         raise InvalidInput(f"--retry-base must be more than 0 and at most 60 seconds (got {retry_base:g}).")
     if billing_project is not None:
-        try:
-            parse_project(billing_project)
-        except ValueError as e:
-            raise InvalidInput(f"Invalid --billing-project '{escaped(billing_project)}': {e}.") from None
+        validate_project_flag(billing_project, "--billing-project")
     if on_vm is not None:
         validate_name(on_vm)
