@@ -292,3 +292,50 @@ def plan_entry(machine_type: str, disk: Disk, monthly: float, estimated_price: b
     return {"disk": disk.label, "type": disk.kind, "size_gb": disk.size_gb or disk.count * 375,
             "write": est.as_dict(), "price_per_month": round(monthly, 2),
             "price_per_hour": round(monthly / 730.0, 4), "price_estimated": estimated_price}
+
+
+# --- `sync --on`: the line before and the line after -------------------------------------
+EXPECT_DEADLINE = 20.0  # seconds for the two reads; the sync goes on without the line if they fail
+
+
+@dataclass(frozen=True)
+class Expectation:
+    machine_type: str
+    dest: str
+    disk: Disk
+    estimate: Estimate
+
+    @property
+    def before(self) -> str:
+        return expected_line(self.machine_type, self.disk, self.dest, self.estimate)
+
+    def after(self, nbytes: int, seconds: float, dry_run: bool = False) -> str:
+        if dry_run:
+            about = human_time(seconds_for(nbytes, self.estimate.mib_s))
+            return (f"At {self.estimate.mib_s:,.0f} MiB/s ({self.estimate.kind}) these {nbytes / 1e9:,.1f} GB "
+                    f"would take about {about}.")
+        return met_line(self.machine_type, self.disk, self.estimate, nbytes, seconds)
+
+    def as_dict(self, after: str | None = None) -> dict[str, Any]:
+        return {"machine_type": self.machine_type, "dest": self.dest, "disk": self.disk.name or self.disk.kind,
+                "disk_type": self.disk.kind, "disk_gb": self.disk.size_gb or self.disk.count * 375,
+                "local_ssd": self.disk.count, **self.estimate.as_dict(),
+                "network_mib_per_s": round(self.estimate.bounds["network"], 1),
+                "wiped_on_stop": self.disk.kind == LOCAL_SSD, "before": self.before, "after": after}
+
+
+def expect_for_vm(factory: Any, name: str, zone: str | None, dest: str) -> Expectation | None:
+    """The expectation for a sync into ``dest`` on the VM ``name``; None when its disks cannot be
+    read (the sync itself does not depend on it)."""
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+    from gcpdl.errors import GcpdlError
+
+    try:
+        compute = Compute(factory, factory.project())
+        machine, disk = vm_storage(compute, compute.project, name, zone, dest, Deadline(EXPECT_DEADLINE, what="the VM's disks"))
+    except (GcpdlError, LookupError, KeyError, ValueError):
+        return None
+    if not machine:
+        return None
+    return Expectation(machine, dest, disk, estimate(machine, disk))

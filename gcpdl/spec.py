@@ -350,9 +350,9 @@ def _data_disk_options(machine_type: str, size_gb: int | None, dtype: str | None
 def _local_ssds(machine_type: str, count: int | None) -> int:
     from gcpdl import disks
 
+    if count is not None and count < 0:
+        raise InvalidInput(f"Invalid --local-ssd {count}: a number of 375 GB local SSDs.")
     if not count:
-        if count is not None and count < 0:
-            raise InvalidInput(f"Invalid --local-ssd {count}: a number of 375 GB local SSDs.")
         return 0
     allowed = disks.local_ssd_counts(machine_type)
     if count < 0 or count not in allowed:
