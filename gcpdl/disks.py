@@ -151,6 +151,7 @@ def disk_bounds(machine_type: str, disk: Disk) -> dict[str, float]:
         caps = h["vm_cap_mibps"]
         return {"provisioned throughput": float(disk.provisioned_mibps or h["default_mibps"]),
                 "disk type cap": float(caps.get(family(machine_type), caps["default"]))}
+    # an unlisted type (pd-extreme) is estimated with pd-balanced's figures; estimate() flags it
     pd = t["persistent_disk"].get(disk.kind) or t["persistent_disk"]["pd-balanced"]
     egress, _ = network_mibps(machine_type)
     return {
@@ -168,7 +169,8 @@ def estimate(machine_type: str, disk: Disk) -> Estimate:
     bound = min(bounds, key=lambda k: bounds[k])
     if bound == "network egress for disk writes":
         bound = "network"
-    estimated = net_est or vcpus(machine_type) is None or disk.kind in (LOCAL_SSD, HYPERDISK) or bound == "disk type cap"
+    estimated = (net_est or vcpus(machine_type) is None or disk.kind in (LOCAL_SSD, HYPERDISK) or bound == "disk type cap"
+                 or disk.kind not in (*PD_TYPES, LOCAL_SSD, HYPERDISK))
     return Estimate(min(bounds.values()), bound, bounds, estimated)
 
 

@@ -280,3 +280,12 @@ def test_sync_on_a_vm_prints_what_bounds_it_before_and_after(ssh_vm, gcs, tmp_pa
     exp = s["expected"]
     assert (exp["disk"], exp["disk_type"], exp["bound"], exp["mib_per_s"]) == ("box", "pd-standard", "disk size", 12.0)
     assert exp["before"] == lines[0] and exp["after"] and r.stderr.rstrip().endswith(exp["after"])
+
+
+def test_stop_discards_local_ssds_as_the_api_requires(gcp, compute):
+    """instances.stop needs discardLocalSsd on a VM with local SSDs (the discovery document says
+    so): gcpdl's stop says true, matching what the plan promises (wiped when the VM stops)."""
+    _create(compute, build_spec("box", gpu="t4", local_ssd=2))
+    compute.run(rq.instance_stop(compute.project, "us-central1-a", "box"), Deadline(60))
+    inst = next(i for i in gcp.instances() if i["name"] == "box")
+    assert inst["status"] == "TERMINATED" and inst["gcpdlFakeLocalSsdDiscarded"] is True

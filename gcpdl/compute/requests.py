@@ -294,7 +294,10 @@ def instance_start(project: str, zone: str, name: str) -> ApiCall:
 
 
 def instance_stop(project: str, zone: str, name: str) -> ApiCall:
-    return _instance_action("instances.stop", "stop", project, zone, name)
+    # discardLocalSsd is required for a VM with local SSDs (discovery document, instances.stop);
+    # gcpdl's promise is that they are wiped on a stop, and a VM without them ignores it
+    return ApiCall("instances.stop", "POST", f"{instances_path(project, zone)}/{name}/stop", None, project, zone, name,
+                   {"discardLocalSsd": "true"})
 
 
 def instance_delete(project: str, zone: str, name: str) -> ApiCall:

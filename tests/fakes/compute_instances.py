@@ -520,6 +520,13 @@ class InstancesMixin:
     def _instances_stop(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
         inst = self._get_instance(project, zone, name)
+        # the discovery document: discardLocalSsd "is required if the instance has any attached
+        # Local SSD disks"
+        if any(d.get("type") == "SCRATCH" for d in inst.get("disks", [])) and "discardLocalSsd" not in ctx.query:
+            raise ApiError(400, "Invalid value for field 'discardLocalSsd': ''. discardLocalSsd must be specified "
+                                "for instances with attached Local SSD disks.", reason="invalid")
+        if ctx.query.get("discardLocalSsd") == "true":
+            inst["gcpdlFakeLocalSsdDiscarded"] = True  # (not an API field: read by tests through gcp.instances())
         if inst["status"] == "TERMINATED":
             op = self._new_op(project, ("zones", zone), "stop", inst, polls=0)
             return self._op_response(op)
