@@ -180,7 +180,9 @@ def test_plan_human_lines(plan_env):
                                  "--local-ssd", "2", "--dry-run"])
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert "data      1,000 GB pd-ssd: writes 720 MiB/s (disk-bound: disk size), $170.00/month = $0.233/h" in out
+    assert ("data      box-data at /data, kept by `gcpdl down`: 1,000 GB pd-ssd: writes 720 MiB/s (disk-bound: disk size), "
+            "$170.00/month = $0.233/h") in out
+    assert "boot      100 GB pd-balanced: writes 168 MiB/s (disk-bound: disk size), $10.00/month" in out
     assert "scratch   2 x 375 GB local SSD at /scratch: writes about 700 MiB/s (disk-bound: local SSD)" in out
     assert "wiped when the VM stops (gcpdl stop, autostop, --max-hours) or is preempted (Spot)" in out
     assert "(estimated)" in out  # the local SSD price is flagged

@@ -190,11 +190,13 @@ def _render_plan(plan: dict) -> str:
         f"  image     {plan['image']}, boot disk {plan['boot_disk']}",
     ]
     storage = plan.get("storage") or {}
+    if "boot" in storage:
+        lines.append(f"  boot      {_disk_line(storage['boot'])}")
     if plan["data_disk"]:
-        lines.append(f"  data      {plan['data_disk']} at /data (kept by `gcpdl down`)")
-    for key, label in (("boot", "boot"), ("data", "data"), ("local_ssd", "scratch")):
-        if key in storage:
-            lines.append(f"  {label:<9} {_disk_line(storage[key])}")
+        detail = f": {_disk_line(storage['data'])}" if "data" in storage else ""
+        lines.append(f"  data      {plan['data_disk'].split()[0]} at /data, kept by `gcpdl down`{detail}")
+    if "local_ssd" in storage:
+        lines.append(f"  scratch   {_disk_line(storage['local_ssd'])}")
     if "local_ssd" in storage:
         lines.append("            wiped when the VM stops (gcpdl stop, autostop, --max-hours)"
                      f"{' or is preempted (Spot)' if plan['spot'] else ''}: a sync there starts over after a start")
