@@ -311,7 +311,10 @@ class Expectation:
     def before(self) -> str:
         return expected_line(self.machine_type, self.disk, self.dest, self.estimate)
 
-    def after(self, nbytes: int, seconds: float, dry_run: bool = False) -> str:
+    def after(self, nbytes: int, seconds: float, dry_run: bool = False) -> str | None:
+        """None when nothing was (or would be) fetched: no rate to speak of."""
+        if nbytes <= 0:
+            return None
         if dry_run:
             about = human_time(seconds_for(nbytes, self.estimate.mib_s))
             return (f"At {self.estimate.mib_s:,.0f} MiB/s ({self.estimate.kind}) these {nbytes / 1e9:,.1f} GB "

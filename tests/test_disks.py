@@ -263,6 +263,9 @@ def test_expected_and_met_lines():
     assert "would take about" in after
     slow = disks.met_line("n1-standard-8", disk, e, 10**9, 100.0)
     assert "bound by the objects" in slow
+    exp = disks.Expectation("n1-standard-8", "/data/x", disk, e)
+    assert exp.after(0, 0.5) is None  # all up to date: no rate to report
+    assert exp.after(10**12, 0, dry_run=True) == "At 280 MiB/s (disk-bound) these 1,000.0 GB would take about 57 min."
     ssd = disks.Disk("local-ssd", count=2, name="local SSD")
     line = disks.expected_line("n1-standard-16", ssd, "/scratch/x", disks.estimate("n1-standard-16", ssd))
     assert "2 x 375 GB local SSD" in line and "after a stop the re-run is a full download" in line
