@@ -153,25 +153,39 @@ def hourly_price(
             estimated |= est
             gpu_cost = rate * gpu_count
     disk = 0.0
-    for size, dtype in disks:
-        monthly, est = _disk_monthly(size, dtype, region)
+    for size, dtype, *perf in disks:
+        monthly, est = _disk_monthly(size, dtype, region, perf[0] if perf else None)
         estimated |= est
         disk += monthly / HOURS_PER_MONTH
     return HourlyPrice(round(compute * factor, 4), round(gpu_cost * factor, 4), round(disk, 4), spot, estimated)
 
 
-def _disk_monthly(size_gb: int, disk_type: str, region: str) -> tuple[float, bool]:
+def _disk_monthly(size_gb: int, disk_type: str, region: str, mibps: int | None = None) -> tuple[float, bool]:
+    """Capacity, plus Hyperdisk Balanced throughput provisioned above what it includes."""
     factor, estimated = region_factor(region)
-    rates = table()["disks_gb_month"]
+    t = table()
+    rates = t["disks_gb_month"]
     if disk_type in rates:
         rate = float(rates[disk_type])
+        estimated |= disk_type in t.get("estimated_disk_types", [])
     else:
         rate, estimated = float(rates["pd-balanced"]), True
-    return size_gb * rate * factor, estimated
+    price = size_gb * rate
+    perf = t["hyperdisk_balanced_performance"]
+    if disk_type == "hyperdisk-balanced" and mibps and mibps > perf["included_mibps"]:
+        price += (mibps - perf["included_mibps"]) * float(perf["mibps_month"])
+        estimated |= bool(perf.get("estimated"))
+    return price * factor, estimated
 
 
-def disk_monthly(size_gb: int, disk_type: str, region: str) -> float:
-    return round(_disk_monthly(size_gb, disk_type, region)[0], 2)
+def disk_monthly(size_gb: int, disk_type: str, region: str, mibps: int | None = None) -> float:
+    return round(_disk_monthly(size_gb, disk_type, region, mibps)[0], 2)
+
+
+def disk_monthly_estimated(size_gb: int, disk_type: str, region: str, mibps: int | None = None) -> tuple[float, bool]:
+    """(monthly price, estimated?) for the plan's disk lines."""
+    price, est = _disk_monthly(size_gb, disk_type, region, mibps)
+    return round(price, 2), est
 
 
 def data_disk_reminder(size_gb: int, disk_type: str, region: str) -> str:

@@ -35,6 +35,7 @@ MAX_DISK_GB = 65536
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "pd-extreme", "hyperdisk-balanced")
 # G2 and A3 machines do not take pd-standard (https://cloud.google.com/compute/docs/disks#disk-types).
 NO_PD_STANDARD_FAMILIES = ("g2", "a3")
+LOCAL_SSD_GB = 375
 SSH_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 # Checked with fullmatch everywhere: `$` also matches before a trailing newline ("box\n").
@@ -151,6 +152,9 @@ class VmSpec:
     disk_gb: int
     disk_type: str
     data_disk_gb: int | None = None
+    data_disk_type: str = DEFAULT_DISK_TYPE
+    data_disk_throughput: int | None = None  # MiB/s, Hyperdisk Balanced only (None: its default)
+    local_ssd: int = 0  # 375 GB local NVMe SSDs, striped at /scratch (wiped when the VM stops)
     spot: bool = False
     autostop_minutes: int | None = DEFAULT_AUTOSTOP_MINUTES  # None: off
     max_hours: float | None = None
@@ -181,11 +185,14 @@ class VmSpec:
     def gpu_label(self) -> str:
         return f"{self.gpu}:{self.gpu_count}" if self.gpu else "none"
 
-    def disks(self) -> tuple[tuple[int, str], ...]:
-        """(size, type) pairs, the shape pricing.hourly_price takes."""
-        out = [(self.disk_gb, self.disk_type)]
+    def disks(self) -> tuple[tuple, ...]:
+        """(size, type[, provisioned MiB/s]) tuples, the shape pricing.hourly_price takes."""
+        out: list[tuple] = [(self.disk_gb, self.disk_type)]
         if self.data_disk_gb:
-            out.append((self.data_disk_gb, DEFAULT_DISK_TYPE))
+            out.append((self.data_disk_gb, self.data_disk_type, self.data_disk_throughput)
+                       if self.data_disk_throughput else (self.data_disk_gb, self.data_disk_type))
+        if self.local_ssd:
+            out.append((self.local_ssd * LOCAL_SSD_GB, "local-ssd"))
         return tuple(out)
 
 
@@ -313,6 +320,58 @@ def _check_machine(gpu: Gpu | None, count: int, machine: str) -> None:
         raise InvalidInput(f"Machine type {machine} has {built[1]} {gpu.key} GPU(s), not {count}.")
 
 
+def _check_hyperdisk(dtype: str, machine_type: str, flag: str) -> None:
+    from gcpdl import disks
+
+    if dtype == disks.HYPERDISK and not disks.hyperdisk_supported(machine_type):
+        raise InvalidInput(
+            f"{machine_type} cannot use hyperdisk-balanced ({flag}): Hyperdisk Balanced attaches to "
+            f"{', '.join(disks.hyperdisk_families())} machines; use pd-ssd or pd-balanced."
+        )
+
+
+def _data_disk_options(machine_type: str, size_gb: int | None, dtype: str | None, mibps: int | None) -> tuple[str, int | None]:
+    """(data disk type, provisioned MiB/s) from --data-disk-type / --data-disk-throughput."""
+    from gcpdl import disks
+
+    if size_gb is None and (dtype is not None or mibps is not None):
+        flag = "--data-disk-type" if dtype is not None else "--data-disk-throughput"
+        raise InvalidInput(f"{flag} needs --data-disk SIZE (the data disk NAME-data it describes).")
+    kind = (dtype or DEFAULT_DISK_TYPE).strip().lower()
+    if kind not in disks.DATA_DISK_TYPES:
+        raise InvalidInput(f"Unknown data disk type '{_show(kind)}'. Choose one of: {', '.join(disks.DATA_DISK_TYPES)}.")
+    if kind == "pd-standard" and machine_type.split("-", 1)[0] in NO_PD_STANDARD_FAMILIES:
+        raise InvalidInput(f"{machine_type} cannot attach pd-standard; use --data-disk-type pd-balanced or pd-ssd.")
+    _check_hyperdisk(kind, machine_type, "--data-disk-type")
+    if mibps is not None:
+        low, high = disks.hyperdisk_range()
+        if kind != disks.HYPERDISK:
+            raise InvalidInput(f"--data-disk-throughput is for hyperdisk-balanced only; a {kind} disk's throughput "
+                               "follows its size (--data-disk).")
+        if not low <= mibps <= high:
+            raise InvalidInput(f"Invalid --data-disk-throughput {mibps}: Hyperdisk Balanced takes {low} to {high} MiB/s.")
+    if kind == disks.HYPERDISK and size_gb is not None and size_gb < disks.table()["hyperdisk_balanced"]["min_gb"]:
+        raise InvalidInput(f"A hyperdisk-balanced disk is at least {disks.table()['hyperdisk_balanced']['min_gb']} GB.")
+    return kind, mibps
+
+
+def _local_ssds(machine_type: str, count: int | None) -> int:
+    from gcpdl import disks
+
+    if count is not None and count < 0:
+        raise InvalidInput(f"Invalid --local-ssd {count}: a number of 375 GB local SSDs.")
+    if not count:
+        return 0
+    allowed = disks.local_ssd_counts(machine_type)
+    if count < 0 or count not in allowed:
+        if not allowed:
+            raise InvalidInput(f"{machine_type} cannot have local SSDs.")
+        if disks.local_ssd_bundled(machine_type):
+            raise InvalidInput(f"{machine_type} comes with exactly {allowed[0]} local SSDs; use --local-ssd {allowed[0]}.")
+        raise InvalidInput(f"{machine_type} takes {', '.join(map(str, allowed))} local SSDs, not {count}.")
+    return count
+
+
 def build_spec(
     name: str,
     gpu: str | None = None,
@@ -323,6 +382,9 @@ def build_spec(
     disk: str | int | None = None,
     disk_type: str | None = None,
     data_disk: str | int | None = None,
+    data_disk_type: str | None = None,
+    data_disk_throughput: int | None = None,
+    local_ssd: int | None = None,
     spot: bool = False,
     autostop: str | None = None,
     max_hours: float | None = None,
@@ -366,6 +428,7 @@ def build_spec(
         raise InvalidInput(f"Unknown disk type '{dtype}'. Choose one of: {', '.join(DISK_TYPES)}.")
     if dtype == "pd-standard" and machine_type.split("-", 1)[0] in NO_PD_STANDARD_FAMILIES:
         raise InvalidInput(f"{machine_type} cannot boot from pd-standard; use pd-balanced or pd-ssd.")
+    _check_hyperdisk(dtype, machine_type, "--disk-type")
     disk_gb = parse_size_gb(disk, "--disk") if disk is not None else DEFAULT_DISK_GB
     family = image_family or (GPU_IMAGE_FAMILY if entry else CPU_IMAGE_FAMILY)
     project = image_project or IMAGE_PROJECT
@@ -374,6 +437,9 @@ def build_spec(
     data_gb = parse_size_gb(data_disk, "--data-disk") if data_disk is not None else None
     if data_gb is not None:
         validate_name(f"{name}-data", "data disk name (NAME-data)")
+    data_type, data_mibps = _data_disk_options(machine_type, data_gb, _given(data_disk_type, "--data-disk-type"),
+                                               data_disk_throughput)
+    ssds = _local_ssds(machine_type, local_ssd)
     if max_hours is not None and not (math.isfinite(max_hours) and MIN_RUN_SECONDS <= round(max_hours * 3600) <= MAX_RUN_SECONDS):
         raise InvalidInput(
             f"Invalid --max-hours {max_hours:g}: Compute Engine accepts a run time from {MIN_RUN_SECONDS} seconds "
@@ -392,6 +458,9 @@ def build_spec(
         disk_gb=disk_gb,
         disk_type=dtype,
         data_disk_gb=data_gb,
+        data_disk_type=data_type,
+        data_disk_throughput=data_mibps,
+        local_ssd=ssds,
         spot=spot,
         autostop_minutes=parse_autostop(autostop),
         max_hours=max_hours,

@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "driver": "installing the NVIDIA driver",
     "disk": "preparing the data disk",
     "formatting-disk": "formatting the data disk (first boot only)",
+    "scratch": "preparing the local SSDs at /scratch",
     "jupyter": "starting Jupyter",
     "autostop": "installing the autostop agent",
     "ready": "ready",
@@ -45,8 +46,10 @@ class StartupOptions:
     user: str = "gcpdl"
     data_disk: bool = False  # a separate persistent disk named NAME-data, attached as device "data"
     gpu: bool = True
+    local_ssd: int = 0  # local NVMe SSDs to stripe and mount at /scratch (re-made when blank)
     autostop_minutes: int | None = 60  # None: autostop off
     jupyter_port: int = JUPYTER_PORT
+    scratch_wait_seconds: int = 120  # the local SSDs' device links appear within seconds of boot
     driver_wait_seconds: int = 900  # the DLVM installs the driver on first boot: minutes
     jupyter_wait_seconds: int = 300
     # the guest agent (ssh-keys) or OS Login's NSS module provides the login user; wait this long
@@ -76,7 +79,9 @@ def render_startup_script(options: StartupOptions) -> str:
     if not 2 <= int(options.guest_attr_writes_per_minute) <= share:
         # 2: one stage and the final word; above the share, the agent's writes and gcpdl's overrun
         raise InvalidInput(f"guest_attr_writes_per_minute must be between 2 and {share}.")
-    for field in ("driver_wait_seconds", "jupyter_wait_seconds", "user_wait_seconds", "install_wait_seconds"):
+    if not 0 <= int(options.local_ssd) <= 24:
+        raise InvalidInput(f"local_ssd must be between 0 and 24, not {options.local_ssd}.")
+    for field in ("scratch_wait_seconds", "driver_wait_seconds", "jupyter_wait_seconds", "user_wait_seconds", "install_wait_seconds"):
         if int(getattr(options, field)) < 1:
             raise InvalidInput(f"{field} must be at least 1 second.")
     return render("startup.sh.j2", o=options)

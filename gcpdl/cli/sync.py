@@ -133,12 +133,24 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
     app.on_close(session.close)
     target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
     app.say(f"Syncing {url} to {name}:{target_dest}")
+    from gcpdl.disks import expect_for_vm
+
+    expect = expect_for_vm(factory, name, zone, target_dest)  # the disk and network that bound it
+    if expect is not None:
+        app.say(expect.before)
     result = remote.run_remote(
         session, [source, target_dest, *flags], remote.forwarded_env(), app.say, python=os.environ.get("GCPDL_REMOTE_PYTHON")
     )
+    after = None
     if result.summary is not None:
         result.summary["vm"] = name
+        if expect is not None:
+            s = result.summary
+            after = expect.after(int(s.get("bytes") or 0), float(s.get("seconds") or 0), bool(s.get("dry_run")))
+            s["expected"] = expect.as_dict(after)
         app.emit(result.summary, as_json, _human)
+    if after:
+        app.say(after)
     if result.exit_code != 0:
         err = SyncError(f"On VM {name}: {result.error}")
         err.exit_code = result.exit_code if result.exit_code in (1, 2, SyncIncomplete.exit_code) else 1

@@ -20,6 +20,12 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--disk", metavar="GB", help="Boot disk size in GB (default 100).")
 @click.option("--disk-type", help="Boot disk type: pd-balanced (default), pd-ssd, pd-standard, ...")
 @click.option("--data-disk", metavar="GB", help="Also create a persistent data disk NAME-data of this size; it outlives `down`.")
+@click.option("--data-disk-type", metavar="TYPE",
+              help="pd-balanced (default), pd-ssd, pd-standard or hyperdisk-balanced (G2, A3; not N1 or A2): the plan shows its write speed.")
+@click.option("--data-disk-throughput", type=int, metavar="MIBPS",
+              help="hyperdisk-balanced only: provisioned throughput, 140-2400 MiB/s (default 140).")
+@click.option("--local-ssd", type=int, metavar="N",
+              help="N local NVMe SSDs (375 GB each), striped at /scratch: fastest, but wiped when the VM stops.")
 @click.option("--spot", is_flag=True, help="Spot VM: much cheaper, may be preempted (it then stops and keeps its disk).")
 @click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default 60m).")
 @click.option("--max-hours", type=float, metavar="N", help="Stop the VM after N hours of running, whatever happens.")
@@ -34,8 +40,8 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @json_option
 @dry_run_option
 @click.pass_obj
-def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk, spot,
-       autostop, max_hours, ssh_from, network, subnet, wait, zone, project, yes, as_json, dry_run) -> None:
+def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk,
+       data_disk_type, data_disk_throughput, local_ssd, spot, autostop, max_hours, ssh_from, network, subnet, wait, zone, project, yes, as_json, dry_run) -> None:
     """Create the VM NAME (or start it again if it is stopped) and print how to reach it.
 
     \b
@@ -49,7 +55,8 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     settings = app.settings(project=project, zone=zone)
     vm = specs.build_spec(
         name, gpu=gpu, cpu_only=cpu_only, machine=machine, image_family=image_family, image_project=image_project,
-        disk=disk, disk_type=disk_type, data_disk=data_disk, spot=spot, autostop=autostop, max_hours=max_hours,
+        disk=disk, disk_type=disk_type, data_disk=data_disk, data_disk_type=data_disk_type,
+        data_disk_throughput=data_disk_throughput, local_ssd=local_ssd, spot=spot, autostop=autostop, max_hours=max_hours,
         ssh_from=ssh_from, network=network or settings.network, subnet=subnet or settings.subnet,
     )
     if vm.machine_type in specs.SPOT_ONLY_MACHINES and not vm.spot:
@@ -78,7 +85,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         login, found = _oslogin_for_plan(app, project, zone)
         plan = lifecycle.plan(settings.project, first, vm, source or DRY_RUN_IP, login=login)
         plan.oslogin = found
-        app.emit(plan.as_dict(), as_json, _render_plan)
+        app.emit({**plan.as_dict(), "storage": _storage(vm, first)}, as_json, _render_plan)
         return
 
     from gcpdl.compute.adapter import Compute, prefetch
@@ -108,6 +115,30 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
 
     money = upkeep(compute, result.instance, vm.disks() if result.action == "created" else None)
     app.emit({**result.as_dict(), **money.as_dict()}, as_json, _render_result)
+
+
+def _storage(vm, zone: str) -> dict:
+    """What each disk can write and costs, for the plan (gcpdl.disks, gcpdl.pricing)."""
+    from gcpdl import disks
+    from gcpdl.pricing import disk_monthly_estimated, region_of
+
+    region = region_of(zone)
+    out: dict = {"table_date": disks.table_date()}
+    boot = disks.Disk(vm.disk_type, vm.disk_gb, name=vm.name)
+    out["boot"] = disks.plan_entry(vm.machine_type, boot, *disk_monthly_estimated(vm.disk_gb, vm.disk_type, region))
+    if vm.data_disk_gb:
+        data = disks.Disk(vm.data_disk_type, vm.data_disk_gb, vm.data_disk_throughput or None, name=vm.data_disk_name)
+        if vm.data_disk_type == disks.HYPERDISK and not vm.data_disk_throughput:
+            data = disks.Disk(vm.data_disk_type, vm.data_disk_gb, disks.hyperdisk_range()[0], name=vm.data_disk_name)
+        out["data"] = disks.plan_entry(vm.machine_type, data, *disk_monthly_estimated(
+            vm.data_disk_gb, vm.data_disk_type, region, vm.data_disk_throughput))
+    if vm.local_ssd:
+        ssd = disks.Disk(disks.LOCAL_SSD, count=vm.local_ssd, name="local SSD")
+        entry = disks.plan_entry(vm.machine_type, ssd, *disk_monthly_estimated(vm.local_ssd * 375, "local-ssd", region))
+        entry["mount"] = disks.SCRATCH_MOUNT
+        entry["wiped_on_stop"] = True
+        out["local_ssd"] = entry
+    return out
 
 
 def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
@@ -161,8 +192,17 @@ def _render_plan(plan: dict) -> str:
         f"  machine   {plan['machine_type']}{gpu_text}{', Spot' if plan['spot'] else ''}",
         f"  image     {plan['image']}, boot disk {plan['boot_disk']}",
     ]
+    storage = plan.get("storage") or {}
+    if "boot" in storage:
+        lines.append(f"  boot      {_disk_line(storage['boot'])}")
     if plan["data_disk"]:
-        lines.append(f"  data      {plan['data_disk']} (kept by `gcpdl down`)")
+        detail = f": {_disk_line(storage['data'])}" if "data" in storage else ""
+        lines.append(f"  data      {plan['data_disk'].split()[0]} at /data, kept by `gcpdl down`{detail}")
+    if "local_ssd" in storage:
+        lines.append(f"  scratch   {_disk_line(storage['local_ssd'])}")
+    if "local_ssd" in storage:
+        lines.append("            wiped when the VM stops (gcpdl stop, autostop, --max-hours)"
+                     f"{' or is preempted (Spot)' if plan['spot'] else ''}: a sync there starts over after a start")
     stops = [f"after {plan['autostop_minutes']} min idle" if plan["autostop_minutes"] else "autostop off"]
     if plan["max_hours"]:
         stops.append(f"after {plan['max_hours']:g} h running at most")
@@ -178,6 +218,15 @@ def _render_plan(plan: dict) -> str:
         lines.append(f"    {r['method']} {r['path']}")
     lines.append("Run it again without --dry-run to create it (--json shows the request bodies).")
     return "\n".join(lines)
+
+
+def _disk_line(d: dict) -> str:
+    w = d["write"]
+    about = "about " if w["estimated"] else ""
+    price = f"${d['price_per_month']:.2f}/month{' (estimated)' if d['price_estimated'] else ''}"
+    where = " at /scratch" if d.get("mount") else ""
+    return (f"{d['disk']}{where}: writes {about}{w['mib_per_s']:,.0f} MiB/s ({w['kind']}: {w['bound']}), "
+            f"{price} = ${d['price_per_hour']:.3f}/h")
 
 
 def _oslogin_line(found: dict | None) -> str:

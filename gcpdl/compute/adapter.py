@@ -17,6 +17,7 @@ turned off). Mutations carry a requestId so a retried insert cannot create a sec
 from __future__ import annotations
 
 import json
+import re
 import threading
 import uuid
 from typing import Any, Callable
@@ -211,6 +212,8 @@ class Compute:
             kwargs["zone"] = call.zone
         if name_kw:
             kwargs[name_kw] = call.resource
+        for key, value in call.query.items():  # query parameters (discardLocalSsd=true), by their field names
+            kwargs[re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()] = {"true": True, "false": False}.get(value, value)
         if res_kw:
             # the dry-run's body, parsed into the library's message: the same request goes out
             kwargs[res_kw] = getattr(compute_v1, res_type).from_json(json.dumps(call.body))  # type: ignore[arg-type]

@@ -84,6 +84,7 @@ def startup_for(spec: VmSpec, user: str | None = None) -> str:
 
     return render_startup_script(
         StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes,
+                       local_ssd=spec.local_ssd,
                        **({"user": user} if user else {}))
     )
 

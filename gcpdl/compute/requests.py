@@ -144,6 +144,7 @@ def instance_body(
                 "source": f"{zone_url}/disks/{spec.data_disk_name}",
             }
         )
+    disks += local_ssd_disks(zone_url, spec)
     scheduling: dict = {}
     if spec.gpu:
         # GPUs cannot live-migrate: the API refuses a GPU VM without TERMINATE.
@@ -181,17 +182,40 @@ def instance_body(
     return body
 
 
+def local_ssd_disks(zone_url: str, spec: VmSpec) -> list[dict]:
+    """SCRATCH disks for --local-ssd: 375 GB NVMe devices (none to list where the machine type
+    brings its own, as A2 Ultra and A3 do). The startup script stripes them at /scratch."""
+    from gcpdl.disks import local_ssd_bundled
+
+    if not spec.local_ssd or local_ssd_bundled(spec.machine_type):
+        return []
+    return [
+        {
+            "type": "SCRATCH",
+            "autoDelete": True,
+            "deviceName": f"local-ssd-{i}",
+            "interface": "NVME",
+            "mode": "READ_WRITE",
+            "initializeParams": {"diskType": f"{zone_url}/diskTypes/local-ssd", "diskSizeGb": "375"},
+        }
+        for i in range(spec.local_ssd)
+    ]
+
+
 def instance_insert(project: str, zone: str, body: dict) -> ApiCall:
     return ApiCall("instances.insert", "POST", instances_path(project, zone), body, project, zone, body["name"])
 
 
 def data_disk_insert(project: str, zone: str, spec: VmSpec) -> ApiCall:
-    body = {
+    body: dict = {
         "name": spec.data_disk_name,
         "sizeGb": str(spec.data_disk_gb),
-        "type": f"projects/{project}/zones/{zone}/diskTypes/pd-balanced",
+        "type": f"projects/{project}/zones/{zone}/diskTypes/{spec.data_disk_type}",
         "labels": {"gcpdl": "managed", "gcpdl-vm": spec.name},
     }
+    if spec.data_disk_throughput:
+        # Hyperdisk Balanced: MiB/s (int64, a string in REST JSON); IOPS keep their default
+        body["provisionedThroughput"] = str(spec.data_disk_throughput)
     return ApiCall("disks.insert", "POST", f"{zone_path(project, zone)}/disks", body, project, zone, spec.data_disk_name)
 
 
@@ -270,7 +294,10 @@ def instance_start(project: str, zone: str, name: str) -> ApiCall:
 
 
 def instance_stop(project: str, zone: str, name: str) -> ApiCall:
-    return _instance_action("instances.stop", "stop", project, zone, name)
+    # discardLocalSsd is required for a VM with local SSDs (discovery document, instances.stop);
+    # gcpdl's promise is that they are wiped on a stop, and a VM without them ignores it
+    return ApiCall("instances.stop", "POST", f"{instances_path(project, zone)}/{name}/stop", None, project, zone, name,
+                   {"discardLocalSsd": "true"})
 
 
 def instance_delete(project: str, zone: str, name: str) -> ApiCall:

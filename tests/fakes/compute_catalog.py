@@ -73,6 +73,24 @@ MACHINE_TYPES: dict[str, tuple[int, int, tuple[str, int] | None]] = {
 ATTACHABLE = {"n1": {"nvidia-tesla-t4", "nvidia-tesla-p4", "nvidia-tesla-p100", "nvidia-tesla-v100"}}
 
 DISK_TYPES = ["pd-standard", "pd-balanced", "pd-ssd", "pd-extreme", "hyperdisk-balanced"]
+HYPERDISK_TYPES = {"hyperdisk-balanced"}
+# What the API checks on disks, as the machine series pages state it (the fake's own copy, kept
+# apart from gcpdl/data/disks.json on purpose: a shared table would agree with itself).
+# Hyperdisk Balanced: provisionedThroughput 140-2,400 MiB/s, provisionedIops 3,000-160,000, 4 GB+;
+# not on N1 or A2 (https://cloud.google.com/compute/docs/disks/hd-types/hyperdisk-balanced).
+HYPERDISK_BALANCED = {"min_mibps": 140, "max_mibps": 2400, "min_iops": 3000, "max_iops": 160000, "min_gb": 4}
+NO_HYPERDISK_FAMILIES = {"n1", "a2", "n2d", "e2"}
+NO_PD_STANDARD_FAMILIES = {"g2", "a3"}
+# Local SSD (SCRATCH, 375 GB each): counts a machine type may list
+# (https://cloud.google.com/compute/docs/disks/local-ssd#choose_number_local_ssds); A2 Ultra and
+# A3 bring theirs with the machine type and list none.
+LOCAL_SSD_GB = 375
+LOCAL_SSD_COUNTS = {
+    "n1": {1, 2, 3, 4, 5, 6, 7, 8, 16, 24},
+    **{f"g2-standard-{n}": {c} for n, c in ((4, 1), (8, 1), (12, 1), (16, 1), (24, 2), (32, 1), (48, 4), (96, 8))},
+    "a2-highgpu-1g": {1, 2, 4, 8}, "a2-highgpu-2g": {2, 4, 8}, "a2-highgpu-4g": {4, 8}, "a2-highgpu-8g": {8},
+    "a2-megagpu-16g": {8},
+}
 
 
 def machine_types_in_zone(zone: str) -> list[str]:

@@ -297,6 +297,7 @@ class DisksFirewallsMixin:
         if body.get("type") and (not m or m.group(1) != zone or m.group(2) not in cat.DISK_TYPES):
             raise invalid_field("resource.type", dtype, "The referenced diskType resource cannot be found.")
         dtype = m.group(2) if m else "pd-standard"
+        self._check_provisioned(dtype, body)
         size = body.get("sizeGb")
         img_gb = None
         if body.get("sourceImage"):
@@ -304,9 +305,13 @@ class DisksFirewallsMixin:
             if size is not None and int(size) < img_gb:
                 raise invalid_field("resource.sizeGb", size, f"Requested disk size cannot be smaller than the image size ({img_gb} GB)")
         size_gb = int(size) if size is not None else (img_gb or 500)
-        if size_gb < 10:
+        if size_gb < (cat.HYPERDISK_BALANCED["min_gb"] if dtype in cat.HYPERDISK_TYPES else 10):
             raise invalid_field("resource.sizeGb", size, "Disk size cannot be smaller than 10 GB.")
         disk = self._make_disk(project, zone, name, size_gb, dtype, body.get("sourceImage"), body.get("labels"))
+        if dtype in cat.HYPERDISK_TYPES:
+            hb = cat.HYPERDISK_BALANCED
+            disk["provisionedThroughput"] = str(body.get("provisionedThroughput") or hb["min_mibps"])
+            disk["provisionedIops"] = str(body.get("provisionedIops") or hb["min_iops"])
         if body.get("description"):
             disk["description"] = body["description"]
         disk["status"] = "CREATING"
@@ -317,6 +322,22 @@ class DisksFirewallsMixin:
 
         op = self._new_op(project, ("zones", zone), "insert", disk, on_done=done)
         return self._op_response(op)
+
+    @staticmethod
+    def _check_provisioned(dtype: str, body: dict) -> None:
+        """provisionedThroughput / provisionedIops: Hyperdisk only, within its ranges (int64 as
+        strings, as the discovery document says; the client library sends them so)."""
+        for key, low, high in (("provisionedThroughput", "min_mibps", "max_mibps"), ("provisionedIops", "min_iops", "max_iops")):
+            if body.get(key) is None:
+                continue
+            value = int(body[key])
+            if dtype not in cat.HYPERDISK_TYPES:
+                raise invalid_field(f"resource.{key}", str(body[key]),
+                                    f"{key} can only be set for Hyperdisk disk types, not {dtype}.")
+            hb = cat.HYPERDISK_BALANCED
+            if not hb[low] <= value <= hb[high]:
+                raise invalid_field(f"resource.{key}", str(body[key]),
+                                    f"Requested {key} must be between {hb[low]} and {hb[high]} for {dtype}.")
 
     def _get_disk(self, project: str, zone: str, name: str) -> dict:
         disk = self.disks_by_key.get((zone, name))

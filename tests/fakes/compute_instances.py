@@ -46,7 +46,7 @@ class InstancesMixin:
         if sched.get("instanceTerminationAction") and not (spot or sched.get("maxRunDuration") or sched.get("terminationTime")):
             raise invalid_field("resource.scheduling.instanceTerminationAction", sched["instanceTerminationAction"],
                                 "Instance termination action can only be set for SPOT instances or with a time limit.")
-        image_gb = self._check_disks(project, zone, name, body.get("disks") or [])
+        image_gb = self._check_disks(project, zone, name, body.get("disks") or [], mt_name)
         sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot, mt_name)
         if sync_err:
             raise sync_err
@@ -134,14 +134,51 @@ class InstancesMixin:
                 return proj, name, size
         raise not_found(f"projects/{proj}/global/images/{name}")
 
-    def _check_disks(self, project: str, zone: str, name: str, disks: list[dict]) -> int | None:
+    def _check_disk_type_fits(self, mt_name: str, dtype: str, field: str) -> None:
+        fam = mt_name.split("-", 1)[0]
+        if dtype in cat.HYPERDISK_TYPES and fam in cat.NO_HYPERDISK_FAMILIES:
+            raise ApiError(400, f"Invalid resource usage: '[{dtype}] disk type cannot be used by [{mt_name}] machine type.'",
+                           reason="invalidResourceUsage")
+        if dtype == "pd-standard" and fam in cat.NO_PD_STANDARD_FAMILIES:
+            raise ApiError(400, f"Invalid resource usage: '[pd-standard] disk type cannot be used by [{mt_name}] machine type.'",
+                           reason="invalidResourceUsage")
+
+    def _check_scratch(self, zone: str, i: int, d: dict) -> None:
+        ip = d.get("initializeParams") or {}
+        dt = ip.get("diskType") or ""
+        if not re.fullmatch(r"(?:https?://[^/]+/compute/v1/)?(?:projects/[^/]+/)?zones/" + re.escape(zone) + "/diskTypes/local-ssd", dt):
+            raise invalid_field(f"resource.disks[{i}].initializeParams.diskType", dt, "Scratch disks must be of type local-ssd.")
+        if d.get("source") or ip.get("sourceImage"):
+            raise invalid_field(f"resource.disks[{i}]", "", "Scratch disks cannot have a source.")
+        if d.get("interface", "SCSI") != "NVME":
+            raise invalid_field(f"resource.disks[{i}].interface", d.get("interface", "SCSI"),
+                                "This machine type requires local SSDs with the NVME interface.")
+        if ip.get("diskSizeGb") is not None and int(ip["diskSizeGb"]) != cat.LOCAL_SSD_GB:
+            raise invalid_field(f"resource.disks[{i}].initializeParams.diskSizeGb", ip["diskSizeGb"],
+                                f"Local SSD disks must be {cat.LOCAL_SSD_GB} GB.")
+        if d.get("autoDelete") is False:
+            raise invalid_field(f"resource.disks[{i}].autoDelete", "false", "Scratch disks must be auto-deleted.")
+
+    def _check_disks(self, project: str, zone: str, name: str, disks: list[dict], mt_name: str = "n1-standard-1") -> int | None:
         boots = [d for d in disks if d.get("boot")]
         if len(boots) != 1:
             raise ApiError(400, "Invalid value for field 'resource.disks': ''. Boot disk must be specified." if not boots
                            else "Invalid value for field 'resource.disks': ''. Only one boot disk may be specified.")
+        scratch = [i for i, d in enumerate(disks) if d.get("type") == "SCRATCH"]
+        for i in scratch:
+            self._check_scratch(zone, i, disks[i])
+        if scratch:
+            allowed = cat.LOCAL_SSD_COUNTS.get(mt_name, cat.LOCAL_SSD_COUNTS.get(mt_name.split("-", 1)[0], set()))
+            if len(scratch) not in allowed:
+                raise ApiError(400, f"Invalid value for field 'resource.disks': ''. {mt_name} does not support "
+                                    f"{len(scratch)} local SSD disks.", reason="invalid")
         image_gb = None
         for i, d in enumerate(disks):
+            if d.get("type") == "SCRATCH":
+                continue
             ip = d.get("initializeParams")
+            if ip is not None and (ip.get("diskType") or "").endswith("/local-ssd"):
+                raise invalid_field(f"resource.disks[{i}].type", d.get("type", "PERSISTENT"), "Local SSD disks must be of type SCRATCH.")
             if ip is not None:
                 dname = ip.get("diskName") or (name if d.get("boot") else f"{name}-{i}")
                 if not re.fullmatch(NAME_RE, dname):
@@ -153,6 +190,7 @@ class InstancesMixin:
                 if dt and not re.fullmatch(r"(?:https?://[^/]+/compute/v1/)?(?:projects/[^/]+/)?zones/" + re.escape(zone)
                                            + "/diskTypes/(" + "|".join(cat.DISK_TYPES) + ")", dt):
                     raise invalid_field(f"resource.disks[{i}].initializeParams.diskType", dt, "Disk type must be a valid URL in the instance's zone.")
+                self._check_disk_type_fits(mt_name, (dt or "pd-standard").rsplit("/", 1)[-1], f"resource.disks[{i}]")
                 size = ip.get("diskSizeGb")
                 if ip.get("sourceImage"):
                     _, _, img_gb = self._image(ip["sourceImage"])
@@ -170,6 +208,7 @@ class InstancesMixin:
                 disk = self.disks_by_key.get((m.group(1), m.group(2))) if m else None
                 if disk is None or m is None or m.group(1) != zone:
                     raise invalid_field(f"resource.disks[{i}].source", d["source"], "The referenced disk resource cannot be found.")
+                self._check_disk_type_fits(mt_name, disk["type"].rsplit("/", 1)[-1], f"resource.disks[{i}]")
                 if disk.get("users") and d.get("mode", "READ_WRITE") == "READ_WRITE":
                     raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
                                         f"'{path_of(disk['users'][0])}'", reason="resourceInUseByAnotherResource")
@@ -342,6 +381,13 @@ class InstancesMixin:
         attached = []
         for i, d in enumerate(body.get("disks") or []):
             ip = d.get("initializeParams")
+            if d.get("type") == "SCRATCH":  # no disk resource: it lives and dies with the VM
+                attached.append({
+                    "kind": "compute#attachedDisk", "type": "SCRATCH", "mode": "READ_WRITE",
+                    "deviceName": d.get("deviceName") or f"local-ssd-{i}", "index": i, "boot": False,
+                    "autoDelete": True, "interface": "NVME", "diskSizeGb": str(cat.LOCAL_SSD_GB), "architecture": "X86_64",
+                })
+                continue
             if ip is not None:
                 dname = ip.get("diskName") or (name if d.get("boot") else f"{name}-{i}")
                 size = int(ip.get("diskSizeGb") or disk_image_gb or (cat.DLVM_DEFAULT_GB if d.get("boot") else 500))
@@ -384,6 +430,8 @@ class InstancesMixin:
     def _instance_disks(self, zone: str, inst: dict) -> list[dict]:
         out = []
         for d in inst.get("disks", []):
+            if not d.get("source"):
+                continue  # local SSD
             disk = self.disks_by_key.get((zone, d["source"].rsplit("/", 1)[-1]))
             if disk is not None:
                 out.append(disk)
@@ -423,6 +471,8 @@ class InstancesMixin:
     def _remove_instance(self, zone: str, inst: dict) -> None:
         """Delete an instance: auto-delete disks go with it, other disks are detached."""
         for d in inst.get("disks", []):
+            if not d.get("source"):
+                continue  # local SSD: gone with the instance
             key = (zone, d["source"].rsplit("/", 1)[-1])
             disk = self.disks_by_key.get(key)
             if disk is None:
@@ -470,6 +520,13 @@ class InstancesMixin:
     def _instances_stop(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
         inst = self._get_instance(project, zone, name)
+        # the discovery document: discardLocalSsd "is required if the instance has any attached
+        # Local SSD disks"
+        if any(d.get("type") == "SCRATCH" for d in inst.get("disks", [])) and "discardLocalSsd" not in ctx.query:
+            raise ApiError(400, "Invalid value for field 'discardLocalSsd': ''. discardLocalSsd must be specified "
+                                "for instances with attached Local SSD disks.", reason="invalid")
+        if ctx.query.get("discardLocalSsd") == "true":
+            inst["gcpdlFakeLocalSsdDiscarded"] = True  # (not an API field: read by tests through gcp.instances())
         if inst["status"] == "TERMINATED":
             op = self._new_op(project, ("zones", zone), "stop", inst, polls=0)
             return self._op_response(op)
