@@ -33,15 +33,16 @@ class HourlyPrice:
     disk: float  # boot + data disks, $/h (monthly price / 730)
     spot: bool
     estimated: bool = False  # a region, machine or Spot figure not in the table was extrapolated
+    scratch: float = 0.0  # local SSDs, $/h: discarded (and no longer billed) when the VM stops
 
     @property
     def total(self) -> float:
-        return round(self.compute + self.gpu + self.disk, 4)
+        return round(self.compute + self.gpu + self.scratch + self.disk, 4)
 
     @property
     def running(self) -> float:
-        """What stops when the VM stops: machine + GPUs (disks bill either way)."""
-        return round(self.compute + self.gpu, 4)
+        """What stops when the VM stops: machine + GPUs + local SSDs (persistent disks bill either way)."""
+        return round(self.compute + self.gpu + self.scratch, 4)
 
 
 @lru_cache(maxsize=1)
@@ -152,12 +153,16 @@ def hourly_price(
             rate, est = _gpu_rate(gpu, spot)
             estimated |= est
             gpu_cost = rate * gpu_count
-    disk = 0.0
+    disk = scratch = 0.0
     for size, dtype, *perf in disks:
         monthly, est = _disk_monthly(size, dtype, region, perf[0] if perf else None)
         estimated |= est
-        disk += monthly / HOURS_PER_MONTH
-    return HourlyPrice(round(compute * factor, 4), round(gpu_cost * factor, 4), round(disk, 4), spot, estimated)
+        if dtype == "local-ssd":
+            scratch += monthly / HOURS_PER_MONTH
+        else:
+            disk += monthly / HOURS_PER_MONTH
+    return HourlyPrice(round(compute * factor, 4), round(gpu_cost * factor, 4), round(disk, 4), spot, estimated,
+                       round(scratch, 4))
 
 
 def _disk_monthly(size_gb: int, disk_type: str, region: str, mibps: int | None = None) -> tuple[float, bool]:

@@ -74,8 +74,9 @@ class Plan:
 
 
 def price_for(spec: VmSpec, zone: str) -> float:
-    """$/h while running: machine + GPUs, the part `stop` saves (disks are priced per month)."""
-    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot).running
+    """$/h while running: machine + GPUs + local SSDs, the part `stop` saves (persistent disks are
+    priced per month)."""
+    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot, spec.disks()).running
 
 
 def startup_for(spec: VmSpec, user: str | None = None) -> str:
