@@ -9,7 +9,7 @@ from gcpdl.cli.options import json_option, project_option, zone_option
 
 
 @click.command()
-@click.option("--gpu", default="t4", show_default=True, metavar="GPU", help="GPU whose regional quota to check.")
+@click.option("--gpu", default="t4", metavar="GPU", help="GPU whose regional quota to check (default: t4).")
 @click.option("--cpu-only", is_flag=True, help="Skip the GPU quota checks.")
 @click.option("--spot", is_flag=True, help="Also check the preemptible (Spot) GPU quota.")
 @zone_option

@@ -20,7 +20,7 @@ LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 @click.argument("dest", required=False, type=click.Path(file_okay=True, dir_okay=True, path_type=Path))
 @click.option("--on", "on_vm", metavar="NAME", help="Run on this gcpdl VM (the data never passes through here).")
 @click.option("--local", is_flag=True, help="Run on this machine instead of on a VM.")
-@click.option("--jobs", "-j", type=int, default=64, show_default=True, help="Requests in flight.")
+@click.option("--jobs", "-j", type=int, default=64, help="Requests in flight (default: 64).")
 @click.option("--delete", is_flag=True, help="Remove files in DEST that are not in the bucket (only inside DEST).")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable), e.g. '*.jpg'.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
@@ -59,8 +59,8 @@ def sync(
 
     \b
     gcpdl sync gs://my-data/imagenet ./imagenet --local
-    gcpdl sync gs://my-data/imagenet --on box           (to /data/imagenet on the VM)
-    gcpdl sync gs://my-data/imagenet                    (onto the one running gcpdl VM)
+    gcpdl sync gs://my-data/imagenet --on box    (to /data/imagenet on the VM)
+    gcpdl sync gs://my-data/imagenet             (onto the one running gcpdl VM)
     """
     from gcpdl.sync.url import parse_gs_url
 

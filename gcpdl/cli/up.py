@@ -7,7 +7,7 @@ import os
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import dry_run_option, json_option, name_argument, project_option, yes_option, zone_option
+from gcpdl.cli.options import dry_run_option, json_option, name_argument, parse_hours, project_option, yes_option, zone_option
 
 DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on the network
 
@@ -19,15 +19,15 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--machine", metavar="TYPE", help="Machine type instead of the default for the GPU (checked for compatibility).")
 @click.option("--image-family", help="Image family (default: a Deep Learning VM family for the GPU).")
 @click.option("--image-project", help="Project of --image-family (default: deeplearning-platform-release).")
-@click.option("--disk", metavar="GB", help="Boot disk size in GB (default 100).")
-@click.option("--disk-type", help="Boot disk type: pd-balanced (default), pd-ssd, pd-standard, ...")
+@click.option("--disk", metavar="GB", help="Boot disk size in GB (default: 100).")
+@click.option("--disk-type", help="Boot disk type: pd-balanced, pd-ssd or pd-standard (default: pd-balanced).")
 @click.option("--data-disk", metavar="GB", help="Also create a persistent data disk NAME-data of this size; it outlives `down`.")
 @click.option("--spot", is_flag=True, help="Spot VM: much cheaper, may be preempted (it then stops and keeps its disk).")
-@click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default 60m).")
-@click.option("--max-hours", type=float, metavar="N", help="Stop the VM after N hours of running, whatever happens.")
+@click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default: 60m).")
+@click.option("--max-hours", metavar="2h|90m", help="Stop the VM after this long running, whatever happens (a number alone is hours).")
 @click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect.")
+@click.option("--wait/--no-wait", default=True,
+              help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect (default: --wait).")
 @zone_option
 @project_option
 @yes_option
@@ -46,6 +46,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     from gcpdl import spec as specs
     from gcpdl.compute import lifecycle
 
+    max_hours = parse_hours(max_hours)
     vm = specs.build_spec(
         name, gpu=gpu, cpu_only=cpu_only, machine=machine, image_family=image_family, image_project=image_project,
         disk=disk, disk_type=disk_type, data_disk=data_disk, spot=spot, autostop=autostop, max_hours=max_hours,
