@@ -34,6 +34,7 @@ CONFIG_KEYS: dict[str, type] = {
     "zones": list,  # candidate zones for failover, in order
     "compute_endpoint": str,
     "storage_endpoint": str,
+    "serviceusage_endpoint": str,  # Service Usage API (`gcpdl doctor --fix` enables Compute there)
     "credits": float,
     "confirm_above": float,
     "poll_interval": float,
@@ -72,6 +73,7 @@ class Settings:
     zones: list[str] = field(default_factory=list)
     compute_endpoint: str | None = None
     storage_endpoint: str | None = None
+    serviceusage_endpoint: str | None = None
     credits: float | None = None
     confirm_above: float = DEFAULT_CONFIRM_ABOVE
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -183,6 +185,7 @@ def resolve(
         "zones": ("GCPDL_ZONES",),
         "compute_endpoint": ("GCPDL_COMPUTE_ENDPOINT",),
         "storage_endpoint": ("GCPDL_STORAGE_ENDPOINT", "STORAGE_EMULATOR_HOST"),
+        "serviceusage_endpoint": ("GCPDL_SERVICEUSAGE_ENDPOINT",),
         "credits": ("GCPDL_CREDITS",),
         "confirm_above": ("GCPDL_CONFIRM_ABOVE",),
         "poll_interval": ("GCPDL_POLL_INTERVAL",),
@@ -206,7 +209,7 @@ def resolve(
             if key in names and key in CONFIG_KEYS:
                 setattr(settings, key, _coerce(key, value))
                 settings.sources[key] = source
-    for key in ("compute_endpoint", "storage_endpoint"):
+    for key in ("compute_endpoint", "storage_endpoint", "serviceusage_endpoint"):
         value = getattr(settings, key)
         if value:
             if "://" not in value:
