@@ -87,16 +87,24 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     factory.credentials()  # missing credentials is the likelier problem: say so before any lookup
     if source is None:
         source = firewall.ssh_source(None)
+    waits = WaitLine(name)
     ctx = lifecycle.UpContext(
         compute=compute,
         zones=[first] + [z for z in candidates if z != first],
         ssh_from=source,
-        progress=app.say,
-        confirm=None if yes else _confirm,
+        progress=waits.say,
+        confirm=None if yes else waits.paused(_confirm),
         confirm_above=settings.confirm_above,
-        ready=_ready_step(factory, app) if wait else None,
+        ready=_ready_step(factory, waits) if wait else None,
     )
-    result = lifecycle.up(ctx, vm)
+    try:
+        result = lifecycle.up(ctx, vm)
+    except lifecycle.UpInterrupted as e:
+        waits.close()
+        app.say(interrupted_message(e))
+        raise click.exceptions.Exit(130)
+    finally:
+        waits.close()
     if app.verbose:
         app.say(f"{result.api_calls} Compute API requests.")
     for diff in result.differences:
@@ -104,10 +112,167 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     app.emit(result.as_dict(), as_json, _render_result)
 
 
-def _ready_step(factory, app: App):
+def _ready_step(factory, waits: "WaitLine"):
     from gcpdl.ssh.ready import ready_hook
 
-    return ready_hook(factory, app.say)
+    return ready_hook(factory, waits.say, stage=waits.stage)
+
+
+def interrupted_message(e) -> str:
+    """Ctrl-C after the VM was asked for: what exists, what it costs, and the two ways on."""
+    if e.running:
+        what = f"VM {e.name} is running in {e.zone}"
+    else:
+        what = f"VM {e.name} was already requested in {e.zone}, so it exists (or will in a moment)"
+    rule = (f"Its SSH rule {e.rule_name} is in place." if e.ssh_rule
+            else f"Its SSH rule {e.rule_name} could not be made, so SSH is closed; `gcpdl up {e.name}` makes it.")
+    return "\n".join([
+        f"Interrupted. {what} and costs about ${e.price_per_hour:.2f}/h until you stop or delete it.",
+        rule,
+        f"  resume:  gcpdl up {e.name}",
+        f"  delete:  gcpdl down {e.name}",
+    ])
+
+
+# what lifecycle's "...ing NAME in ZONE..." waits usually take
+TYPICAL_BY_PREFIX = {"Creating ": "usually under a minute", "Starting ": "usually under a minute"}
+
+
+class WaitLine:
+    """`up`'s waits on stderr. On a terminal, one live line for the current stage with the time
+    spent and the usual duration, redrawn every second, and where the startup log is; anywhere
+    else, one plain line per stage with the time since `up` began ("[1:05] installing ...").
+    ``say`` is lifecycle's progress callback (a message ending in "..." starts a wait), ``stage``
+    gcpdl.ssh.ready's (a stage key)."""
+
+    TICK = 1.0
+
+    def __init__(self, name: str, stream=None, clock=None, live: bool | None = None):
+        import sys
+        import threading
+        import time
+
+        from gcpdl.cli.app import terminal_width
+
+        self.name = name
+        self.stream = stream or sys.stderr
+        self.clock = clock or time.monotonic
+        width = terminal_width(self.stream)
+        self.live = (width is not None) if live is None else live
+        self.width = width or 80
+        self.began = self.clock()
+        self.label: str | None = None
+        self.typical: str | None = None
+        self.since = self.began
+        self.log_shown = False
+        self.drawn = False
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- callbacks ------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        if message == "ready":  # the text form of the last stage
+            self.stage("ready")
+        elif message.endswith("...") and "\n" not in message:
+            typical = next((t for p, t in TYPICAL_BY_PREFIX.items() if message.startswith(p)), None)
+            self._begin(message[:-3], typical)
+        else:
+            with self._lock:
+                self._clear()
+                self._write(message + "\n")
+                self._draw()
+
+    def stage(self, key: str) -> None:
+        from gcpdl.ssh.ready import STAGES, TYPICAL, stage_label, startup_log_command
+
+        if key == "ready":
+            self._end()
+            return
+        if key in STAGES and not self.log_shown:
+            self.log_shown = True
+            self.say(f"Setup log: {startup_log_command(self.name)}")
+        self._begin(stage_label(key), TYPICAL.get(key))
+
+    def paused(self, fn):
+        """``fn`` (a prompt) with the live line cleared while it asks."""
+
+        def call(*args, **kwargs):
+            with self._lock:
+                self._clear()
+                self.label = None
+            return fn(*args, **kwargs)
+
+        return call
+
+    def close(self) -> None:
+        self._end()
+        self._stop.set()
+
+    # --- drawing --------------------------------------------------------------------------
+    def _begin(self, label: str, typical: str | None) -> None:
+        with self._lock:
+            self._end()
+            self.label, self.typical, self.since = label, typical, self.clock()
+            if self.live:
+                self._draw()
+                self._start_ticker()
+            else:
+                usual = f" ({typical})" if typical else ""
+                self._write(f"[{_clock(self.since - self.began)}] {label}...{usual}\n")
+
+    def _end(self) -> None:
+        with self._lock:
+            if self.label is not None and self.live:
+                self._clear()
+                self._write(f"{self.label}: done in {_duration(self.clock() - self.since)}\n")
+            self.label = None
+
+    def line(self) -> str:
+        usual = f"  ({self.typical})" if self.typical else ""
+        text = f"{self.label}... {_duration(self.clock() - self.since)}{usual}"
+        return text[: self.width - 1]
+
+    def _draw(self) -> None:
+        if self.live and self.label is not None:
+            self._write("\r\x1b[K" + self.line())
+            self.drawn = True
+
+    def _clear(self) -> None:
+        if self.live and self.drawn:
+            self._write("\r\x1b[K")
+            self.drawn = False
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _start_ticker(self) -> None:
+        import threading
+
+        if self._thread is not None:
+            return
+
+        def tick() -> None:
+            while not self._stop.wait(self.TICK):
+                with self._lock:
+                    self._draw()
+
+        self._thread = threading.Thread(target=tick, name="gcpdl-waitline", daemon=True)
+        self._thread.start()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m {seconds % 60:02d}s"
 
 
 def _candidates(zone: str | None, zones: list[str]) -> list[str]:

@@ -129,6 +129,16 @@ class UpContext:
     # The end of `up` (issue 3): e.g. gcpdl.ssh.ready.wait_ready -- startup progress, SSH with a
     # verified host key, Jupyter, ~/.ssh config. Its return value becomes UpResult.ssh.
     ready: Callable[[Instance, Deadline], Any] | None = None
+    inserting: str | None = None  # zone where the instance insert was sent (Ctrl-C may leave a VM)
+
+
+class UpInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `up` after the VM was asked for: what exists, so the CLI can say it."""
+
+    def __init__(self, name: str, zone: str, price_per_hour: float, ssh_rule: bool, rule_name: str, running: bool = False):
+        super().__init__(name)
+        self.name, self.zone, self.price_per_hour = name, zone, price_per_hour
+        self.ssh_rule, self.rule_name, self.running = ssh_rule, rule_name, running
 
 
 def up(ctx: UpContext, spec: VmSpec) -> UpResult:
@@ -213,6 +223,15 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, create_deadline) if rule_call else None
         try:
             created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras)
+        except KeyboardInterrupt:
+            if ctx.inserting is None:  # no create request went out: nothing bills, undo the rule
+                if _settle(f_fw):
+                    _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
+                raise
+            # The VM was asked for and will run (and bill) without us: never leave it without its
+            # SSH rule silently. Let the rule's own request finish, then say what exists.
+            rule_ok = f_fw is None or f_fw.exception() is None
+            raise UpInterrupted(spec.name, ctx.inserting, price_for(spec, ctx.inserting), rule_ok, rq.firewall_name(spec.name)) from None
         except BaseException:
             if _settle(f_fw):  # only a rule this run created is removed
                 _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
@@ -238,7 +257,11 @@ def _finish(ctx: UpContext, result: UpResult) -> UpResult:
     """--- SSH step (issue 3) --- the VM exists and runs; make it usable, under its own deadline."""
     lookup.remember(ctx.compute, result.instance)
     if ctx.ready is not None:
-        result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
+        try:
+            result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
+        except KeyboardInterrupt:
+            inst = result.instance
+            raise UpInterrupted(inst.name, inst.zone, result.price_per_hour, True, result.firewall_rule or "", running=True) from None
     result.api_calls = ctx.compute.calls
     return result
 
@@ -292,10 +315,12 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
                     compute.run(rq.data_disk_insert(project, zone, spec), deadline)
                     created_disk = True
             body = rq.instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup, now=ctx.now())
+            ctx.inserting = zone  # from here a Ctrl-C may leave a VM behind (UpInterrupted says so)
             compute.run(rq.instance_insert(project, zone, body), deadline)
             ctx.attempts.append(ZoneAttempt(zone, "created"))
             return zone
         except (Stockout, QuotaExceeded) as e:
+            ctx.inserting = None  # refused: no VM
             if created_disk:
                 _cleanup(ctx, rq.disk_delete(project, zone, spec.data_disk_name), f"data disk {spec.data_disk_name}")
             api = getattr(e, "api_error", None)
@@ -314,8 +339,9 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
             if len(tried) >= zn.MAX_ZONE_ATTEMPTS:
                 queue = []
             zone = queue.pop(0) if queue else None
-        except BaseException:
-            if created_disk:
+        except BaseException as e:
+            # after a Ctrl-C once the insert went out, the VM may be attaching the disk: keep it
+            if created_disk and not (isinstance(e, KeyboardInterrupt) and ctx.inserting):
                 _cleanup(ctx, rq.disk_delete(project, zone, spec.data_disk_name), f"data disk {spec.data_disk_name}")
             raise
     summary = "; ".join(f"{a.zone}: {a.outcome}" for a in ctx.attempts)

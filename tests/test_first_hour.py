@@ -1,0 +1,113 @@
+"""Time passing, and Ctrl-C that tells the truth (issue 10 §2): `up`'s waits show the stage, the
+time spent and the usual duration (a live line on a terminal, plain lines elsewhere), and a
+Ctrl-C after the VM was asked for says what exists, what it costs, and how to resume or delete
+it, with the VM's SSH rule in place."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+
+from gcpdl.cli.up import WaitLine
+from tests.fixtures.ssh import wait_until
+from tests.test_help import _run_in_pty
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_plain_lines_off_a_terminal_say_stage_time_and_usual_duration():
+    out, clock = io.StringIO(), Clock()
+    w = WaitLine("box", stream=out, clock=clock)
+    assert not w.live  # a StringIO is no terminal
+    w.say("Creating box in us-central1-a...")
+    clock.t += 42
+    w.stage("driver")
+    clock.t += 200
+    w.stage("jupyter")
+    clock.t += 20
+    w.stage("ssh")
+    w.stage("ready")
+    w.say("Some note.")
+    w.close()
+    assert out.getvalue().splitlines() == [
+        "[0:00] Creating box in us-central1-a... (usually under a minute)",
+        "Setup log: gcpdl ssh box -- sudo journalctl -u google-startup-scripts",
+        "[0:42] installing the NVIDIA driver... (usually 3-5 min)",
+        "[4:02] starting Jupyter... (usually under a minute)",
+        "[4:22] waiting for SSH and Jupyter... (usually under a minute)",
+        "Some note.",
+    ]
+
+
+def test_live_line_on_a_terminal_redraws_in_place():
+    out, clock = io.StringIO(), Clock()
+    w = WaitLine("box", stream=out, clock=clock, live=True)
+    w.stage("driver")
+    clock.t += 83
+    assert w.line() == "installing the NVIDIA driver... 1m 23s  (usually 3-5 min)"
+    w.say("a message in between")
+    clock.t += 100
+    w.stage("ready")
+    w.close()
+    text = out.getvalue()
+    assert "\r\x1b[Kinstalling the NVIDIA driver... 0s  (usually 3-5 min)" in text
+    assert "\r\x1b[Ka message in between\n" in text  # printed on a cleared line, then redrawn
+    assert text.endswith("\r\x1b[Kinstalling the NVIDIA driver: done in 3m 03s\n")
+
+
+def test_up_on_a_terminal_shows_a_live_line(env):
+    rc, out = _run_in_pty(["up", "box", "--gpu", "t4", "--yes", "--no-wait"], 80, dict(os.environ))
+    assert rc == 0, out
+    assert "\x1b[KCreating box in us-central1-a... 0s  (usually under a minute)" in out
+    assert "Creating box in us-central1-a: done in " in out
+
+
+def _up_in_background(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gcpdl", "up", "box", "--gpu", "t4", "--yes", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+
+
+def test_ctrl_c_after_the_insert_says_what_exists_and_keeps_the_ssh_rule(env):
+    env.operation_polls = 200  # the insert is still running when Ctrl-C comes
+    proc = _up_in_background("--no-wait")
+    try:
+        assert wait_until(lambda: env.calls("compute.instances.insert"), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    lines = stderr.splitlines()
+    tail = lines[lines.index(next(x for x in lines if x.startswith("Interrupted."))):]
+    assert tail[0].startswith("Interrupted. VM box was already requested in us-central1-a, so it exists (or will in a "
+                              "moment) and costs about $")
+    assert tail[0].endswith("/h until you stop or delete it.")
+    assert tail[1:] == ["Its SSH rule gcpdl-ssh-box is in place.", "  resume:  gcpdl up box", "  delete:  gcpdl down box"]
+    assert "Traceback" not in stderr
+    assert [f["name"] for f in env.firewalls()] == ["gcpdl-ssh-box"]  # not removed behind the VM's back
+    assert env.calls("compute.firewalls.delete") == []
+
+
+def test_ctrl_c_while_waiting_for_the_vm_says_it_runs(env):
+    proc = _up_in_background()  # waits for the startup script, which never reports in this test
+    try:
+        assert wait_until(lambda: env.calls("compute.instances.getGuestAttributes"), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Interrupted. VM box is running in us-central1-a and costs about $" in stderr
+    assert "  delete:  gcpdl down box" in stderr
+    assert env.instance("us-central1-a", "box")["status"] == "RUNNING"
