@@ -111,3 +111,96 @@ def test_ctrl_c_while_waiting_for_the_vm_says_it_runs(env):
     assert "Interrupted. VM box is running in us-central1-a and costs about $" in stderr
     assert "  delete:  gcpdl down box" in stderr
     assert env.instance("us-central1-a", "box")["status"] == "RUNNING"
+
+
+# --- sync on the VM: a relayed progress bar, and Ctrl-C that stops the engine there ---------
+def test_eta_reads_in_hours_and_minutes():
+    from gcpdl.sync.progress import eta_text
+
+    assert [eta_text(s) for s in (None, 20, 1900, 3900)] == ["", "ETA <1 min", "ETA 32 min", "ETA 1 h 05 min"]
+
+
+def test_progress_records_round_trip():
+    from gcpdl.sync.progress import Progress, from_record, to_record
+
+    p = Progress(3, 10, 3000, 10000, 1, 0, 11, True, 2.5)
+    assert from_record(to_record(p)) == p
+    assert from_record("@gcpdl-progress {broken") is None and from_record("Fetched 3 files") is None
+
+
+def _sync_vm(ssh_vm, gcs, tmp_path, monkeypatch):
+    monkeypatch.setenv("GCPDL_REMOTE_PYTHON", sys.executable)
+    monkeypatch.setenv("GCPDL_REMOTE_DIR", str(tmp_path / "vm-gcpdl"))
+    gcs.create_bucket("vmdata", public=True)
+
+
+def test_sync_on_a_vm_shows_a_bar_relayed_from_the_vm(ssh_vm, gcs, tmp_path, monkeypatch):
+    _sync_vm(ssh_vm, gcs, tmp_path, monkeypatch)
+    gcs.generate("vmdata", "train/", count=60, size=20000, seed=3)
+    dest = tmp_path / "vm-disk" / "train"
+    rc, out = _run_in_pty(["sync", "gs://vmdata/train", str(dest), "--on", "box"], 120, dict(os.environ))
+    assert rc == 0, out
+    assert "@gcpdl-progress" not in out  # records are taken out of the stream
+    assert "100%" in out and "60/60 files" in out and "MB/s" in out
+    assert len([p for p in dest.iterdir() if p.name != ".gcpdl"]) == 60
+
+
+def _engine_pids(dest) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if str(dest).encode() in cmd and b"--local" in cmd:
+                pids.append(int(d))
+    return pids
+
+
+def test_ctrl_c_during_sync_on_a_vm_stops_the_engine_there(ssh_vm, gcs, tmp_path, monkeypatch):
+    _sync_vm(ssh_vm, gcs, tmp_path, monkeypatch)
+    gcs.generate("vmdata", "slow/", count=300, size=2000, seed=5)
+    gcs.faults(latency=0.2)  # slow enough that Ctrl-C comes mid-way
+    dest = tmp_path / "vm-disk" / "slow"
+    proc = subprocess.Popen([sys.executable, "-m", "gcpdl", "sync", "gs://vmdata/slow", str(dest), "--on", "box", "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert wait_until(lambda: dest.is_dir() and len([p for p in dest.iterdir() if p.name != ".gcpdl"]) >= 3, timeout=120)
+        assert _engine_pids(dest)  # the engine runs "on the VM" (the fixture sshd's side)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Interrupted. Stopped the sync on box; finished files are kept. Re-run the same command to resume." in stderr
+    assert "Traceback" not in stderr
+    assert _engine_pids(dest) == []  # nothing left running unseen
+    gcs.faults(latency=0.0)
+    again = subprocess.run([sys.executable, "-m", "gcpdl", "sync", "gs://vmdata/slow", str(dest), "--on", "box", "--json"],
+                           capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert again.returncode == 0, again.stderr  # no "another sync is already writing"
+    import json
+
+    summary = json.loads(again.stdout)
+    assert summary["skipped"] >= 3 and summary["files"] + summary["skipped"] == 300
+
+
+def test_ctrl_c_during_a_local_sync_says_rerun_to_resume(gcs, tmp_path):
+    gcs.create_bucket("loc", public=True)
+    gcs.generate("loc", "d/", count=300, size=2000, seed=7)
+    gcs.faults(latency=0.2)
+    dest = tmp_path / "here"
+    proc = subprocess.Popen([sys.executable, "-m", "gcpdl", "sync", "gs://loc/d", str(dest), "--local", "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert wait_until(lambda: dest.is_dir() and len([p for p in dest.iterdir() if p.name != ".gcpdl"]) >= 2, timeout=120)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        gcs.faults(latency=0.0)
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "Interrupted. Finished files are kept; re-run the same command to resume."

@@ -105,6 +105,10 @@ def sync(
     reporter = _Reporter(app)
     try:
         summary = run_sync(opts, app.factory(), on_progress=reporter.update, on_warning=app.warn)
+    except KeyboardInterrupt:
+        reporter.close()
+        app.say("Interrupted. Finished files are kept; re-run the same command to resume.")
+        raise click.exceptions.Exit(130)
     finally:
         reporter.close()
     data = summary.as_dict()
@@ -132,9 +136,23 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
     app.on_close(session.close)
     target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
     app.say(f"Syncing {url} to {name}:{target_dest}")
-    result = remote.run_remote(
-        session, [source, target_dest, *flags], remote.forwarded_env(), app.say, python=os.environ.get("GCPDL_REMOTE_PYTHON")
-    )
+    reporter = _Reporter(app)
+    try:
+        result = remote.run_remote(
+            session, [source, target_dest, *flags], remote.forwarded_env(), app.say, python=os.environ.get("GCPDL_REMOTE_PYTHON"),
+            on_progress=reporter.update,
+        )
+    except remote.RemoteInterrupted as e:
+        reporter.close()
+        if e.stopped:
+            app.say(f"Interrupted. Stopped the sync on {name}; finished files are kept. Re-run the same command to resume.")
+        else:
+            stop = f"gcpdl ssh {name} -- kill -INT {e.pid}" if e.pid else f"gcpdl ssh {name} -- pkill -INT -f 'gcpdl sync'"
+            app.say(f"Interrupted here, but the sync may still be running on {name}. Stop it with: {stop}")
+            app.say("Re-run the same command to resume once it has stopped.")
+        raise click.exceptions.Exit(130)
+    finally:
+        reporter.close()
     if result.summary is not None:
         result.summary["vm"] = name
         app.emit(result.summary, as_json, _human)
@@ -179,19 +197,32 @@ class _Reporter:
 
     def __init__(self, app: App):
         self.app = app
+        import os
+
+        from gcpdl.sync.progress import RECORD_ENV
+
+        self.records = bool(os.environ.get(RECORD_ENV))
         self.tty = sys.stderr.isatty()
         self.bar = None
         self.task = None
         self.last_line = time.monotonic()
 
     def update(self, p) -> None:
+        from gcpdl.sync.progress import RECORD_EVERY, eta_text, to_record
+
+        if self.records:  # the engine on a VM: records for the machine that started it
+            now = time.monotonic()
+            if now - self.last_line >= RECORD_EVERY or (p.listing_done and p.bytes_done >= p.bytes_total):
+                self.last_line = now
+                click.echo(to_record(p), err=True)
+            return
         if self.tty:
             self._bar(p)
             return
         now = time.monotonic()
         if now - self.last_line >= LINE_EVERY:
             self.last_line = now
-            eta = f", ETA {p.eta:.0f}s" if p.eta is not None else ""
+            eta = f", {eta_text(p.eta)}" if p.eta is not None else ""
             total = f"{p.files_total}" + ("" if p.listing_done else "+")
             self.app.say(
                 f"{p.files_done}/{total} files, {_mb(p.bytes_done)}/{_mb(p.bytes_total)},"
@@ -199,25 +230,30 @@ class _Reporter:
             )
 
     def _bar(self, p) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
+
+        from gcpdl.sync.progress import eta_text
 
         if self.bar is None:
             from rich.console import Console
 
             self.bar = Progress(
                 TextColumn("{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
+                TaskProgressColumn(),
                 DownloadColumn(),
-                TransferSpeedColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[files]}"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[eta]}"),
                 console=Console(stderr=True),
                 transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task("sync", total=None, files="")
-        files = f"{p.files_done}/{p.files_total}{'' if p.listing_done else '+'} files, {p.files_per_s:.0f}/s"
-        self.bar.update(self.task, completed=p.bytes_done, total=p.bytes_total if p.listing_done else None, files=files)
+            self.task = self.bar.add_task("sync", total=None, files="", rate="", eta="")
+        # rate and ETA from the engine's own counters: right for a relayed bar too
+        files = f"{p.files_done}/{p.files_total}{'' if p.listing_done else '+'} files"
+        self.bar.update(self.task, completed=p.bytes_done, total=p.bytes_total if p.listing_done else None, files=files,
+                        rate=f"{p.mb_per_s:.1f} MB/s", eta=eta_text(p.eta))
 
     def close(self) -> None:
         if self.bar is not None:
