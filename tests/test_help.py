@@ -171,3 +171,31 @@ def test_old_python_gets_one_line():
     import gcpdl
 
     ast.parse(open(gcpdl.__file__).read(), feature_version=(3, 4))
+
+
+def _complete(words: str, env: dict[str, str]) -> list[str]:
+    """What bash completion offers after `gcpdl WORDS` (click's bash_complete protocol)."""
+    parts = words.split(" ")
+    env = {**env, "COMP_WORDS": f"gcpdl {words}", "COMP_CWORD": str(len(parts)), "_GCPDL_COMPLETE": "bash_complete"}
+    out = subprocess.run([sys.executable, "-m", "gcpdl"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [line.split(",", 1)[1] for line in out.stdout.splitlines()]
+
+
+def test_completion_offers_cached_vm_names_and_gpus(isolated_env):
+    from types import SimpleNamespace
+
+    from gcpdl.compute.lookup import VmCache
+
+    VmCache().remember("p1", [SimpleNamespace(name="box", zone="us-central1-a", instance_id="1"),
+                              SimpleNamespace(name="lab", zone="us-east1-c", instance_id="2")])
+    VmCache().remember("p2", [SimpleNamespace(name="other", zone="us-east1-c", instance_id="3")])
+    env = {**os.environ, "GCPDL_PROJECT": "p1"}
+    assert _complete("ssh ", env) == ["box", "lab"]  # only the configured project's VMs
+    assert _complete("down l", env) == ["lab"]
+    assert _complete("sync gs://b/d --on ", env) == ["box", "lab"]
+    assert _complete("up box --gpu a", env) == ["a100", "a100-80gb"]
+    assert _complete("stat", env) == ["status"]
+    source = subprocess.run([sys.executable, "-m", "gcpdl"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "_GCPDL_COMPLETE": "bash_source"})
+    assert "_gcpdl_completion" in source.stdout  # what the README tells people to eval

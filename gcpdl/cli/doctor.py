@@ -6,11 +6,11 @@ from __future__ import annotations
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import json_option, project_option, yes_option, zone_option
+from gcpdl.cli.options import complete_gpus, json_option, project_option, yes_option, zone_option
 
 
 @click.command()
-@click.option("--gpu", default="t4", metavar="GPU", help="GPU whose regional quota to check (default: t4).")
+@click.option("--gpu", default="t4", metavar="GPU", shell_complete=complete_gpus, help="GPU whose regional quota to check (default: t4).")
 @click.option("--cpu-only", is_flag=True, help="Skip the GPU quota checks.")
 @click.option("--spot", is_flag=True, help="Also check the preemptible (Spot) GPU quota.")
 @click.option("--fix", "fix", is_flag=True,

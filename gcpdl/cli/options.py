@@ -9,7 +9,6 @@ zone_option = click.option("--zone", "-z", help="Compute Engine zone, e.g. us-ce
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Show what would be done; change nothing.")
-name_argument = click.argument("name", metavar="NAME")
 
 
 def parse_hours(value: str | None) -> float | None:
@@ -26,3 +25,34 @@ def parse_hours(value: str | None) -> float | None:
         raise InvalidInput(f"Invalid --max-hours '{value}': expected hours like 2h or 1.5, or minutes like 90m.")
     number = float(m.group(1))
     return number / 60 if m.group(2) in ("m", "min") else number
+
+
+def complete_vm_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Shell completion for a VM name: the names gcpdl's local cache remembers (no network),
+    for the configured project, or every project's when none is set."""
+    from click.shell_completion import CompletionItem
+
+    try:
+        from gcpdl.compute.lookup import VmCache
+        from gcpdl.settings import resolve
+
+        projects = VmCache()._read()
+        try:
+            project = resolve().project
+        except Exception:  # a broken config file must not break the user's shell
+            project = None
+        names = set((projects.get(project) or {}) if project else [n for vms in projects.values() for n in vms])
+    except Exception:
+        return []
+    return [CompletionItem(n) for n in sorted(names) if n.startswith(incomplete)]
+
+
+def complete_gpus(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from click.shell_completion import CompletionItem
+
+    from gcpdl.spec import GPUS
+
+    return [CompletionItem(k, help=GPUS[k].label) for k in GPUS if k.startswith(incomplete)]
+
+
+name_argument = click.argument("name", metavar="NAME", shell_complete=complete_vm_names)

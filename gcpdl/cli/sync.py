@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import dry_run_option, json_option, project_option, zone_option
+from gcpdl.cli.options import complete_vm_names, dry_run_option, json_option, project_option, zone_option
 from gcpdl.errors import InvalidInput, SyncError
 
 LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -18,7 +18,7 @@ LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 @click.command("sync")
 @click.argument("source", metavar="gs://BUCKET[/PREFIX]")
 @click.argument("dest", required=False, type=click.Path(file_okay=True, dir_okay=True, path_type=Path))
-@click.option("--on", "on_vm", metavar="NAME", help="Run on this gcpdl VM (the data never passes through here).")
+@click.option("--on", "on_vm", metavar="NAME", shell_complete=complete_vm_names, help="Run on this gcpdl VM (the data never passes through here).")
 @click.option("--local", is_flag=True, help="Run on this machine instead of on a VM.")
 @click.option("--jobs", "-j", type=int, default=64, help="Requests in flight (default: 64).")
 @click.option("--delete", is_flag=True, help="Remove files in DEST that are not in the bucket (only inside DEST).")

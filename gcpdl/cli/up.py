@@ -7,14 +7,14 @@ import os
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import dry_run_option, json_option, name_argument, parse_hours, project_option, yes_option, zone_option
+from gcpdl.cli.options import complete_gpus, dry_run_option, json_option, name_argument, parse_hours, project_option, yes_option, zone_option
 
 DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on the network
 
 
 @click.command()
 @name_argument
-@click.option("--gpu", metavar="GPU[:COUNT]", help="t4, p4, p100, v100, l4, a100, a100-80gb or h100, with an optional count (t4:2). Default: t4 for a new VM; an existing VM restarts as it is.")
+@click.option("--gpu", metavar="GPU[:COUNT]", shell_complete=complete_gpus, help="t4, p4, p100, v100, l4, a100, a100-80gb or h100, with an optional count (t4:2). Default: t4 for a new VM; an existing VM restarts as it is.")
 @click.option("--cpu-only", is_flag=True, help="No GPU.")
 @click.option("--machine", metavar="TYPE", help="Machine type instead of the default for the GPU (checked for compatibility).")
 @click.option("--image-family", help="Image family (default: a Deep Learning VM family for the GPU).")
