@@ -64,6 +64,15 @@ def test_live_line_on_a_terminal_redraws_in_place():
     assert text.endswith("\r\x1b[Kinstalling the NVIDIA driver: done in 3m 03s\n")
 
 
+def test_live_line_cut_short_by_an_error_is_not_called_done():
+    out, clock = io.StringIO(), Clock()
+    w = WaitLine("box", stream=out, clock=clock, live=True)
+    w.stage("driver")
+    clock.t += 61
+    w.close()  # what `up` does when the wait ends in an error
+    assert out.getvalue().endswith("\r\x1b[Kinstalling the NVIDIA driver... 1m 01s\n")
+
+
 def test_up_on_a_terminal_shows_a_live_line(env):
     rc, out = _run_in_pty(["up", "box", "--gpu", "t4", "--yes", "--no-wait"], 80, dict(os.environ))
     assert rc == 0, out
@@ -96,6 +105,22 @@ def test_ctrl_c_after_the_insert_says_what_exists_and_keeps_the_ssh_rule(env):
     assert "Traceback" not in stderr
     assert [f["name"] for f in env.firewalls()] == ["gcpdl-ssh-box"]  # not removed behind the VM's back
     assert env.calls("compute.firewalls.delete") == []
+
+
+def test_ctrl_c_while_restarting_a_stopped_vm_says_it_runs(env):
+    env.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed", "gcpdl-gpu": "t4", "gcpdl-gpu-count": "1"})
+    env.operation_polls = 200
+    proc = _up_in_background("--no-wait")
+    try:
+        assert wait_until(lambda: env.calls("compute.instances.start"), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Interrupted. VM box is running in us-central1-a and costs about $" in stderr
+    assert "  resume:  gcpdl up box" in stderr and "Traceback" not in stderr
 
 
 def test_ctrl_c_while_waiting_for_the_vm_says_it_runs(env):

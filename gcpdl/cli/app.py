@@ -158,6 +158,8 @@ def _with_verbose(cmd: click.Command) -> click.Command:
         if value and app is not None:
             app.verbose = True
 
+    if cmd.context_settings.get("ignore_unknown_options"):
+        return cmd  # `gcpdl ssh box -- CMD -v`: the remote command's own options stay its own
     if not any("-v" in p.opts or "--verbose" in p.opts for p in cmd.params):
         cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=set_verbose,
                                        help="More detail on stderr."))

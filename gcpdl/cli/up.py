@@ -99,6 +99,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     )
     try:
         result = lifecycle.up(ctx, vm)
+        waits.close(done=True)
     except lifecycle.UpInterrupted as e:
         waits.close()
         app.say(interrupted_message(e))
@@ -205,9 +206,11 @@ class WaitLine:
 
         return call
 
-    def close(self) -> None:
-        self._end()
+    def close(self, done: bool = False) -> None:
+        """Stop drawing. ``done``: the last wait ended well (else it is left as it stood)."""
         self._stop.set()
+        self._end(done)
+
 
     # --- drawing --------------------------------------------------------------------------
     def _begin(self, label: str, typical: str | None) -> None:
@@ -221,11 +224,12 @@ class WaitLine:
                 usual = f" ({typical})" if typical else ""
                 self._write(f"[{_clock(self.since - self.began)}] {label}...{usual}\n")
 
-    def _end(self) -> None:
+    def _end(self, done: bool = True) -> None:
         with self._lock:
             if self.label is not None and self.live:
                 self._clear()
-                self._write(f"{self.label}: done in {_duration(self.clock() - self.since)}\n")
+                spent = _duration(self.clock() - self.since)
+                self._write(f"{self.label}: done in {spent}\n" if done else f"{self.label}... {spent}\n")
             self.label = None
 
     def line(self) -> str:

@@ -383,7 +383,11 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None) -> U
             ctx.progress(f"{spec.name} is already running in {inst.zone}.")
         else:
             ctx.progress(f"Starting {spec.name} in {inst.zone}...")
-            inst = _start(compute, inst, deadline, ctx.now)
+            try:
+                inst = _start(compute, inst, deadline, ctx.now)
+            except KeyboardInterrupt:  # the start was asked for: say it runs (and bills)
+                rule_ok = f_fw is None or f_fw.exception() is None
+                raise UpInterrupted(spec.name, inst.zone, _price_of(inst), rule_ok, rq.firewall_name(spec.name), running=True) from None
             action = "started"
         if f_fw is not None:
             f_fw.result()
