@@ -142,7 +142,7 @@ def test_ctrl_c_while_waiting_for_the_vm_says_it_runs(env):
 def test_eta_reads_in_hours_and_minutes():
     from gcpdl.sync.progress import eta_text
 
-    assert [eta_text(s) for s in (None, 20, 1900, 3900)] == ["", "ETA <1 min", "ETA 32 min", "ETA 1 h 05 min"]
+    assert [eta_text(s) for s in (None, 0, 20, 1900, 3900)] == ["", "", "ETA <1 min", "ETA 32 min", "ETA 1 h 05 min"]
 
 
 def test_progress_records_round_trip():

@@ -101,7 +101,7 @@ def from_record(line: str) -> Progress | None:
 
 def eta_text(seconds: float | None) -> str:
     """'ETA 1 h 05 min', 'ETA 12 min', 'ETA <1 min'; '' when unknown."""
-    if seconds is None:
+    if seconds is None or seconds <= 0:  # unknown, or nothing left
         return ""
     minutes = int(round(seconds / 60))
     if seconds < 60:
