@@ -21,6 +21,7 @@ COMPUTE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STORAGE_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
 DEFAULT_SERVICEUSAGE_ENDPOINT = "https://serviceusage.googleapis.com"
+DEFAULT_RESOURCEMANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
 ADC_FIX = "Run: gcloud auth application-default login"
 
 
@@ -185,6 +186,11 @@ class ClientFactory:
     def serviceusage_endpoint(self) -> str:
         """Root of the Service Usage REST API; requests go through ``session``."""
         return (self.settings.serviceusage_endpoint or DEFAULT_SERVICEUSAGE_ENDPOINT).rstrip("/")
+
+    @property
+    def resourcemanager_endpoint(self) -> str:
+        """Root of the Resource Manager REST API (the projects you can see)."""
+        return (self.settings.resourcemanager_endpoint or DEFAULT_RESOURCEMANAGER_ENDPOINT).rstrip("/")
 
     # --- Cloud Storage -----------------------------------------------------------------------
     @property

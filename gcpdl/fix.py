@@ -1,7 +1,8 @@
 """`gcpdl doctor --fix`: do, with the user's yes, what Google's APIs allow a program to do.
 
 - enable compute.googleapis.com through the Service Usage API (and wait for its operation);
-- keep the project in gcpdl's config when it came only from a flag or the credentials;
+- with no project set, offer the only project the account sees (Resource Manager's list, as
+  `gcloud projects list`), or name the ones it sees; keep a project given only as a flag;
 - choose a zone that offers the GPU at the lowest price (gcpdl.pricing) and keep it in the config.
 
 What no API can do for a learner (link billing, grant GPU quota) stays a link in doctor's
@@ -41,17 +42,19 @@ class ZoneChoice:
 
 
 # --- Service Usage -------------------------------------------------------------------------
-def _request(factory: ClientFactory, method: str, path: str, deadline: Deadline, what: str) -> dict[str, Any]:
+def _request(factory: ClientFactory, method: str, path: str, deadline: Deadline, what: str, root: str | None = None) -> dict[str, Any]:
+    """One call to Service Usage (or, with ``root``, another API's REST root) through the
+    factory's authorized session; errors mapped to gcpdl errors."""
     import requests
     from google.auth import exceptions as gexc
 
-    url = f"{factory.serviceusage_endpoint}/v1/{path}"
+    root = root or factory.serviceusage_endpoint
     try:
-        resp = factory.session.request(method, url, timeout=max(1.0, min(READ_TIMEOUT, deadline.remaining())))
+        resp = factory.session.request(method, f"{root}/v1/{path}", timeout=max(1.0, min(READ_TIMEOUT, deadline.remaining())))
     except (requests.RequestException, gexc.GoogleAuthError) as e:
         raise GcpdlError(
-            f"Cannot reach the Service Usage API at {factory.serviceusage_endpoint} ({type(e).__name__}).",
-            fix="Check your network (or GCPDL_SERVICEUSAGE_ENDPOINT if you set one) and run gcpdl doctor --fix again.",
+            f"Cannot reach {root} ({type(e).__name__}).",
+            fix="Check your network (or the GCPDL_..._ENDPOINT you set) and run gcpdl doctor --fix again.",
         ) from None
     if resp.status_code < 400:
         return resp.json() if resp.content else {}
@@ -89,6 +92,46 @@ def enable_service(factory: ClientFactory, project: str, service: str, deadline:
         op = _request(factory, "GET", str(op["name"]), deadline, what)
     if op.get("error"):
         raise GcpdlError(f"Could not {what}: {op['error'].get('message', 'the operation failed')}")
+
+
+# --- the projects the account can see (what `gcloud projects list` shows) -------------------
+def list_projects(factory: ClientFactory, deadline: Deadline) -> list[tuple[str, str]]:
+    """(project id, display name) of every ACTIVE project the credentials can see."""
+    out: list[tuple[str, str]] = []
+    path = "projects?filter=lifecycleState%3AACTIVE&pageSize=100"
+    while True:
+        page = _request(factory, "GET", path, deadline, "list your projects", root=factory.resourcemanager_endpoint)
+        out += [(p["projectId"], p.get("name") or p["projectId"]) for p in page.get("projects") or [] if p.get("projectId")]
+        token = page.get("nextPageToken")
+        if not token or len(out) >= 1000:
+            return sorted(out)
+        path = f"projects?filter=lifecycleState%3AACTIVE&pageSize=100&pageToken={token}"
+
+
+def project_step(factory: ClientFactory, profile: str = "default") -> tuple[Step | None, str | None]:
+    """No project set: the only project the account sees becomes a step; several become advice
+    (which ids exist, and the command that picks one); none, advice to create one."""
+    from gcpdl import settings as settings_mod
+
+    try:
+        projects = list_projects(factory, Deadline(READ_TIMEOUT, "your project list"))
+    except GcpdlError as e:
+        return None, f"Could not list your projects ({e.message}); see them with: gcloud projects list"
+    if not projects:
+        return None, "Your account sees no project: create one at https://console.cloud.google.com/projectcreate"
+    if len(projects) > 1:
+        shown = ", ".join(pid for pid, _ in projects[:10]) + (", ..." if len(projects) > 10 else "")
+        return None, f"Your projects: {shown}. Pick one: gcpdl config set project PROJECT_ID"
+    pid, name = projects[0]
+
+    def keep() -> str:
+        path = settings_mod.write_config_value("project", pid, profile)
+        factory.settings.project = pid
+        factory.settings.sources["project"] = "config"
+        return f"Saved project = {pid} in {path}."
+
+    label = f"{pid} ({name})" if name != pid else pid
+    return Step("project", f"Use project {label}, the only one your account sees, and save it in gcpdl's config?", keep), None
 
 
 # --- the cheapest zone for a GPU -----------------------------------------------------------

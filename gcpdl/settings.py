@@ -35,6 +35,7 @@ CONFIG_KEYS: dict[str, type] = {
     "compute_endpoint": str,
     "storage_endpoint": str,
     "serviceusage_endpoint": str,  # Service Usage API (`gcpdl doctor --fix` enables Compute there)
+    "resourcemanager_endpoint": str,  # Resource Manager API (`gcpdl doctor --fix` lists your projects)
     "credits": float,
     "confirm_above": float,
     "poll_interval": float,
@@ -74,6 +75,7 @@ class Settings:
     compute_endpoint: str | None = None
     storage_endpoint: str | None = None
     serviceusage_endpoint: str | None = None
+    resourcemanager_endpoint: str | None = None
     credits: float | None = None
     confirm_above: float = DEFAULT_CONFIRM_ABOVE
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -186,6 +188,7 @@ def resolve(
         "compute_endpoint": ("GCPDL_COMPUTE_ENDPOINT",),
         "storage_endpoint": ("GCPDL_STORAGE_ENDPOINT", "STORAGE_EMULATOR_HOST"),
         "serviceusage_endpoint": ("GCPDL_SERVICEUSAGE_ENDPOINT",),
+        "resourcemanager_endpoint": ("GCPDL_RESOURCEMANAGER_ENDPOINT",),
         "credits": ("GCPDL_CREDITS",),
         "confirm_above": ("GCPDL_CONFIRM_ABOVE",),
         "poll_interval": ("GCPDL_POLL_INTERVAL",),
@@ -209,7 +212,7 @@ def resolve(
             if key in names and key in CONFIG_KEYS:
                 setattr(settings, key, _coerce(key, value))
                 settings.sources[key] = source
-    for key in ("compute_endpoint", "storage_endpoint", "serviceusage_endpoint"):
+    for key in ("compute_endpoint", "storage_endpoint", "serviceusage_endpoint", "resourcemanager_endpoint"):
         value = getattr(settings, key)
         if value:
             if "://" not in value:

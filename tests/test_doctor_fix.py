@@ -28,6 +28,7 @@ def su(gcp, serviceusage_server, monkeypatch):
     serviceusage_server.reset()
     serviceusage_server.on_enable = lambda service: setattr(gcp, "api_disabled", False)
     monkeypatch.setenv("GCPDL_SERVICEUSAGE_ENDPOINT", serviceusage_server.url)
+    monkeypatch.setenv("GCPDL_RESOURCEMANAGER_ENDPOINT", serviceusage_server.url)
     return serviceusage_server
 
 
@@ -103,3 +104,37 @@ def test_quota_zero_prints_the_request_link_with_the_metric(su, gcp, monkeypatch
     assert result.exit_code == 1
     assert "metric=compute.googleapis.com/nvidia_t4_gpus" in result.stdout
     assert "free-trial accounts must upgrade" in result.stdout
+
+
+def _no_project_anywhere(gcp, monkeypatch, tmp_path) -> None:
+    """Like a learner who ran only `gcloud auth application-default login`: credentials that
+    name no project, and no project set anywhere."""
+    key = json.loads(gcp.key_file.read_text())
+    key.pop("project_id", None)
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "key.json"))
+    monkeypatch.delenv("GCPDL_PROJECT")
+
+
+def test_no_project_anywhere_the_only_one_is_offered_then_the_rest_is_fixed(su, gcp, monkeypatch, tmp_path):
+    _no_project_anywhere(gcp, monkeypatch, tmp_path)
+    gcp.disable_api()
+    assert run("doctor").exit_code == 1
+    result = run("doctor", "--fix", input="y\ny\ny\n")
+    assert result.exit_code == 0, result.output
+    assert "Use project test-project (My First Project), the only one your account sees, and save it in gcpdl's config? [Y/n]" in result.stderr
+    assert "Enable compute.googleapis.com in project test-project" in result.stderr
+    assert "Use zone us-central1-a, the cheapest that offers NVIDIA T4 16 GB ($" in result.stderr
+    s = settings_mod.resolve()
+    assert (s.project, s.zone) == ("test-project", "us-central1-a")
+    assert ("GET", "/v1/projects") in [(m, p.split("?")[0]) for m, p in su.requests]
+
+
+def test_no_project_and_several_visible_lists_them(su, gcp, monkeypatch, tmp_path):
+    _no_project_anywhere(gcp, monkeypatch, tmp_path)
+    su.projects += [{"projectId": "thesis-gpu", "name": "Thesis", "lifecycleState": "ACTIVE"},
+                    {"projectId": "old-one", "name": "Old", "lifecycleState": "DELETE_REQUESTED"}]
+    result = run("doctor", "--fix", "--yes")
+    assert result.exit_code == 1
+    assert "Your projects: test-project, thesis-gpu. Pick one: gcpdl config set project PROJECT_ID" in result.stderr
+    assert settings_mod.resolve().project is None

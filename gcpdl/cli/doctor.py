@@ -14,7 +14,7 @@ from gcpdl.cli.options import complete_gpus, json_option, project_option, yes_op
 @click.option("--cpu-only", is_flag=True, help="Skip the GPU quota checks.")
 @click.option("--spot", is_flag=True, help="Also check the preemptible (Spot) GPU quota.")
 @click.option("--fix", "fix", is_flag=True,
-              help="Enable the Compute API, save project and the cheapest zone for the GPU in the config (asks first).")
+              help="Enable the Compute API, pick your project and the cheapest zone for the GPU (asks first).")
 @zone_option
 @project_option
 @yes_option
@@ -58,13 +58,24 @@ def doctor(app: App, gpu: str, cpu_only: bool, spot: bool, fix: bool, zone: str 
 def _fix(app: App, factory, checks, gpu: str | None, spot: bool, yes: bool) -> list[str]:
     """Ask, then apply, each repair gcpdl.fix plans; the zone last, once Compute answers."""
     from gcpdl import fix as fixes
+    from gcpdl.compute.doctor import run_checks
 
     def ask(step) -> bool:
         return yes or click.confirm(step.question, default=True, err=True)
 
+    profile = app.profile or "default"
     done: list[str] = []
+    if any(c.name == "project" and not c.ok for c in checks):
+        step, advice = fixes.project_step(factory, profile)
+        if advice:
+            app.say(advice)
+        if step is None or not ask(step):
+            return done
+        done.append(step.apply())
+        app.say(done[-1])
+        checks = run_checks(factory, gpu, spot, factory.settings.zone or (factory.settings.zones or [None])[0])
     compute_ok = any(c.name == "compute api" and c.ok for c in checks)
-    for step in fixes.plan(factory, checks, gpu, spot, profile=app.profile or "default"):
+    for step in fixes.plan(factory, checks, gpu, spot, profile=profile):
         if ask(step):
             done.append(step.apply())
             app.say(done[-1])
@@ -72,7 +83,7 @@ def _fix(app: App, factory, checks, gpu: str | None, spot: bool, yes: bool) -> l
     if gpu and compute_ok:
         from gcpdl.compute.adapter import Compute
 
-        step = fixes.zone_step(factory, Compute(factory, factory.project()), gpu, spot, profile=app.profile or "default")
+        step = fixes.zone_step(factory, Compute(factory, factory.project()), gpu, spot, profile=profile)
         if step is not None and ask(step):
             done.append(step.apply())
             app.say(done[-1])

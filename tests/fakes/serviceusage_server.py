@@ -6,7 +6,9 @@ Just what `gcpdl doctor --fix` uses, answering as the real API does:
 - GET /v1/operations/ID -> the operation; when it turns done the service is enabled and
   ``on_enable(service)`` runs (the walkthrough and the tests wire it to the fake Compute
   server's ``api_disabled``, so Compute answers accessNotConfigured until then);
-- GET /v1/projects/P/services/S -> {"name", "state": "ENABLED" | "DISABLED"}.
+- GET /v1/projects/P/services/S -> {"name", "state": "ENABLED" | "DISABLED"};
+- GET /v1/projects (Resource Manager v1 projects.list, what `gcloud projects list` reads; point
+  GCPDL_RESOURCEMANAGER_ENDPOINT here too) -> the ACTIVE ones of ``projects``.
 Faults: ``deny()`` answers 403 as for a caller without serviceusage.services.enable.
 ``token_ok`` checks the bearer token (the fake Compute server's tokens), so the real
 google-auth credentials are what reach it.
@@ -41,6 +43,8 @@ class FakeServiceUsage:
             self.polls_to_enable = 2
             self.denied = False
             self.requests: list[tuple[str, str]] = []
+            self.projects: list[dict[str, str]] = [{"projectId": self.project, "name": "My First Project",
+                                                    "projectNumber": self.project_number, "lifecycleState": "ACTIVE"}]
             self._ids = itertools.count(1)
 
     def deny(self) -> None:
@@ -77,6 +81,8 @@ class FakeServiceUsage:
             if not self.token_ok(token):
                 return 401, _error(401, "Request had invalid authentication credentials.", "UNAUTHENTICATED")
             path = path.split("?", 1)[0]
+            if path == "/v1/projects" and method == "GET":
+                return 200, {"projects": [p for p in self.projects if p.get("lifecycleState") == "ACTIVE"]}
             m = re.fullmatch(r"/v1/projects/([^/]+)/services/([^/:]+)(:enable)?", path)
             if m:
                 project, service, enable = m.groups()
