@@ -219,16 +219,17 @@ class UserError(click.ClickException):
 
 def terminal_width(stream: Any = None) -> int | None:
     """Columns to wrap messages at: the terminal's, at most 80; None when not a terminal."""
-    import shutil
+    import os
     import sys
 
     stream = stream or sys.stderr
     try:
         if not stream.isatty():
             return None
-    except (AttributeError, ValueError):
+        columns = os.get_terminal_size(stream.fileno()).columns  # this stream's, even if stdout is piped
+    except (AttributeError, ValueError, OSError):
         return None
-    return max(40, min(80, shutil.get_terminal_size((80, 24)).columns or 80))
+    return max(40, min(80, columns or 80))
 
 
 @click.group("gcpdl", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
