@@ -35,7 +35,33 @@ class AutostopResult:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["autostop"] = self.value
+        d["state"] = d.pop("status")  # the key every other command uses for a VM's state
         return d
+
+
+def window_minutes(metadata: dict[str, str]) -> int | None:
+    """The idle window the VM's agent applies, read as the agent reads it (absent: its default)."""
+    from gcpdl.agent.policy import parse_window
+
+    return parse_window(metadata.get(AUTOSTOP_KEY))
+
+
+def window_label(minutes: int | None) -> str:
+    """60 -> "60m", 120 -> "2h", 90 -> "90m", None -> "off": how people write the window."""
+    if not minutes:
+        return "off"
+    return f"{minutes // 60}h" if minutes % 60 == 0 and minutes >= 120 else f"{minutes}m"
+
+
+def get_autostop(compute: "Compute", name: str) -> AutostopResult:
+    """The current setting of VM ``name``; reads only."""
+    from gcpdl.compute import lifecycle
+
+    inst = lifecycle.require(compute, name, compute.new_deadline(TIMEOUT, f"the autostop setting of {name}"))
+    if not inst.managed:
+        raise InvalidInput(f"VM {name} was not created by gcpdl, so it has no autostop agent.")
+    previous = inst.metadata.get(AUTOSTOP_KEY)
+    return AutostopResult(name, inst.zone, inst.status, window_minutes(inst.metadata), previous)
 
 
 def _stale_fingerprint(e: OperationFailed) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import threading
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from gcpdl.errors import ConfigError, CredentialsError
+from gcpdl.errors import ConfigError, CredentialsError, GcpdlError
 from gcpdl.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,7 +21,10 @@ COMPUTE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STORAGE_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
 DEFAULT_SERVICEUSAGE_ENDPOINT = "https://serviceusage.googleapis.com"
+DEFAULT_OSLOGIN_ENDPOINT = "https://oslogin.googleapis.com"
 DEFAULT_RESOURCEMANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
+DEFAULT_IAM_ENDPOINT = "https://iam.googleapis.com"
+DEFAULT_OAUTH2_ENDPOINT = "https://oauth2.googleapis.com"
 ADC_FIX = "Run: gcloud auth application-default login"
 
 
@@ -104,28 +107,219 @@ def compute_types() -> Any:
     return importlib.import_module("google.cloud.compute_v1.types.compute")
 
 
+def adc_available() -> bool:
+    """Whether Application Default Credentials are there to be found, without importing
+    google-auth (a dry-run with no Google account must stay offline and fast): a key file named
+    by GOOGLE_APPLICATION_CREDENTIALS, or gcloud's application-default login file."""
+    import os
+
+    from gcpdl.settings import gcloud_config_dir
+
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if named:
+        return os.path.isfile(named)
+    return (gcloud_config_dir() / "application_default_credentials.json").is_file()
+
+
+KEY_FILE_VAR = "GOOGLE_APPLICATION_CREDENTIALS"
+KEY_FILE_FIX = f"Fix it, point {KEY_FILE_VAR} at a valid key file, or unset it to use your gcloud login."
+
+
+def _check_key_file() -> str | None:
+    """The file GOOGLE_APPLICATION_CREDENTIALS names, checked before google-auth opens it (a
+    folder there gives IsADirectoryError from deep inside google-auth)."""
+    import os
+
+    path = os.environ.get(KEY_FILE_VAR)
+    if not path:
+        return None
+    if os.path.isdir(path):
+        raise CredentialsError(
+            f"{KEY_FILE_VAR} points at {path}, a folder, not a credentials file.",
+            fix="Point it at a JSON key file, or unset it to use your gcloud login.",
+        )
+    return path
+
+
+def _bad_key_file(path: str, error: BaseException) -> CredentialsError:
+    """google-auth's errors carry (message, cause) tuples; say what is wrong with the file, in
+    one line, and that the variable is what to fix (not `gcloud auth ... login`)."""
+    import json
+    import os
+
+    cause = error.args[1] if len(error.args) > 1 and isinstance(error.args[1], BaseException) else None
+    if not os.path.exists(path):
+        why = "the file does not exist."
+    elif isinstance(cause, json.JSONDecodeError) or isinstance(error, json.JSONDecodeError):
+        why = "it is not valid JSON."
+    elif isinstance(error, OSError):
+        why = f"{error.strerror or type(error).__name__}."
+    else:
+        text = str(cause if cause is not None else (error.args[0] if error.args else error))
+        why = " ".join(text.split()) or type(error).__name__
+        why = why if why.endswith(".") else why + "."
+    return CredentialsError(f"The credentials file {path} (named by {KEY_FILE_VAR}) cannot be used: {why}", fix=KEY_FILE_FIX)
+
+
+# --- credential discovery: cheap signals before the metadata server -------------------------
+# google-auth looks for the GCE metadata server last, by pinging it (3 tries with back-off: 3.1 to
+# 3.4 s off GCE on a network that does not answer 169.254.169.254 at once). Off GCE that probe
+# only delays "no credentials". The VM's firmware says "Google" on Compute Engine; a set
+# GCE_METADATA_HOST says a metadata server is meant to answer. Only then does google-auth ping.
+DMI_FILES = ("/sys/class/dmi/id/product_name", "/sys/class/dmi/id/bios_vendor")
+QUOTA_WARNING = "end user credentials from Google Cloud SDK without a quota project"
+QUOTA_NOTICE_MARK = "said-quota-project"  # in gcpdl's state dir: the quota notice was given
+
+
+class _NoMetadataServer(Exception):
+    """Raised through google.auth.default() by our transport when we are not on GCE."""
+
+
+def on_gce() -> bool:
+    """True when a GCE metadata server is expected here (cheap: two small local files, env)."""
+    import os
+
+    if os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_ROOT"):
+        return True
+    for path in DMI_FILES:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if f.read(64).strip().startswith("Google"):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+class _OffGceRequest:
+    """A google-auth transport for google.auth.default(): metadata-server requests fail at once
+    (off GCE), anything else (an external account's project lookup) goes out normally."""
+
+    def __init__(self) -> None:
+        from google.auth.transport.requests import Request
+
+        self._request = Request()
+
+    def __call__(self, url: str, method: str = "GET", body: Any = None, headers: Any = None, timeout: Any = None, **kwargs: Any) -> Any:
+        import os
+        from urllib.parse import urlsplit
+
+        metadata = {"169.254.169.254", "metadata.google.internal", "metadata", os.environ.get("GCE_METADATA_IP", "")}
+        if urlsplit(url).netloc.lower() in metadata or urlsplit(url).hostname in metadata:
+            raise _NoMetadataServer(url)
+        return self._request(url, method=method, body=body, headers=headers, timeout=timeout, **kwargs)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` shortened to at most ``limit`` characters at a word boundary, with an ellipsis."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if " " in cut:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip(" ,;:(") + "…"
+
+
+def token_error(e: BaseException, token_uri: str | None = None) -> GcpdlError:
+    """The error for a failed token fetch: "cannot reach Google" with the likely cause for a
+    network failure (DNS, proxy, refused, timeout), a credentials error otherwise."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from google.auth import exceptions as gexc
+
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 12:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__ or next((a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)), None)
+    text = " ".join(f"{type(x).__name__} {x}" for x in chain).lower()
+    # requests' and urllib3's connection errors, or the socket's own (google-auth wraps them)
+    network = isinstance(e, gexc.TransportError) or any(
+        isinstance(x, (ConnectionError, TimeoutError, socket.gaierror))
+        or any(w in type(x).__name__ for w in ("Connection", "Timeout", "ProxyError", "NameResolution", "MaxRetry"))
+        for x in chain
+    )
+    if not network:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return CredentialsError(f"Could not get an access token: {clip(first, 200)}", fix=ADC_FIX)
+    where = f" ({token_uri})" if token_uri else ""
+    host = urlsplit(token_uri).hostname if token_uri else None
+    dns = ("name or service not known", "nameresolution", "temporary failure in name resolution", "nodename nor servname")
+    if any(isinstance(x, socket.gaierror) for x in chain) or any(w in text for w in dns):
+        cause = f"the name {host} does not resolve (DNS)" if host else "a DNS lookup failed"
+        fix = "Check your network and DNS, or a proxy (HTTPS_PROXY)."
+    elif "proxy" in text:
+        cause, fix = "the proxy refused or failed", "Check HTTPS_PROXY / HTTP_PROXY and NO_PROXY."
+    elif "refused" in text:
+        cause, fix = "connection refused", "Check your network, a firewall, or a proxy (HTTPS_PROXY)."
+    elif "timed out" in text or "timeout" in text:
+        cause, fix = "no answer in time", "Check your network, a firewall, or a proxy (HTTPS_PROXY)."
+    else:
+        cause, fix = "network error", "Check your network, a firewall, or a proxy (HTTPS_PROXY)."
+    return GcpdlError(f"Cannot reach Google to get an access token{where}: {cause}.", fix=fix)
+
+
 class ClientFactory:
-    def __init__(self, settings: Settings, credentials: "google.auth.credentials.Credentials | None" = None):
+    def __init__(self, settings: Settings, credentials: "google.auth.credentials.Credentials | None" = None,
+                 on_notice: "Callable[[str], None] | None" = None):
         self.settings = settings
         self._credentials = credentials
         self._adc_project: str | None = None
         self._clients: dict[str, Any] = {}
+        self.on_notice = on_notice  # a message for the user, said once (the CLI passes app.warn)
 
     # --- credentials -------------------------------------------------------------------------
     def credentials(self) -> "google.auth.credentials.Credentials":
         """Application Default Credentials, and nothing hand-rolled (a key file named by
         GOOGLE_APPLICATION_CREDENTIALS is honoured with its own token_uri)."""
         if self._credentials is None:
+            import warnings
+
             import google.auth
             from google.auth import exceptions as gexc
 
+            key_file = _check_key_file()
             try:
-                creds, project = google.auth.default(scopes=COMPUTE_SCOPES)
-            except gexc.DefaultCredentialsError as e:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        creds, project = google.auth.default(scopes=COMPUTE_SCOPES, request=None if on_gce() else _OffGceRequest())
+                    except _NoMetadataServer:
+                        # the metadata server is google-auth's last resort: nothing else was found
+                        raise gexc.DefaultCredentialsError("Your default credentials were not found. ") from None
+            except (gexc.GoogleAuthError, OSError, ValueError) as e:
+                if key_file is not None:
+                    raise _bad_key_file(key_file, e) from None
                 first = str(e).split("\n")[0].split(". ")[0]
                 raise CredentialsError(f"No Google credentials found ({first}).", fix=ADC_FIX) from None
+            for w in caught:
+                if QUOTA_WARNING in str(w.message):
+                    self._quota_notice()
+                else:  # anything else google-auth warns about is re-issued unchanged
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             self._credentials, self._adc_project = creds, project
         return self._credentials
+
+    def _quota_notice(self) -> None:
+        """google-auth warns on every run (with a site-packages path) when user credentials name
+        no quota project; say it once, in our words, and remember that it was said."""
+        from gcpdl.settings import state_dir
+
+        mark = state_dir() / QUOTA_NOTICE_MARK
+        if self.on_notice is None or mark.exists():
+            return
+        project = self.settings.project or "PROJECT"
+        self.on_notice(
+            "Your Google login (application-default credentials) names no quota project, so some APIs may answer "
+            f'"quota exceeded" or "API not enabled". Fix it once: gcloud auth application-default set-quota-project {project}'
+        )
+        try:
+            mark.parent.mkdir(parents=True, exist_ok=True)
+            mark.write_text("gcpdl explained the missing quota project once; delete this file to see it again.\n")
+        except OSError:
+            pass  # said again next time: better than never
 
     def project(self) -> str:
         """The resolved project; falls back to the ADC project as the last source."""
@@ -187,10 +381,31 @@ class ClientFactory:
         """Root of the Service Usage REST API; requests go through ``session``."""
         return (self.settings.serviceusage_endpoint or DEFAULT_SERVICEUSAGE_ENDPOINT).rstrip("/")
 
+    # --- OS Login and the APIs its checks need (plain REST on the same session) ----------------
+    @property
+    def oslogin_endpoint(self) -> str:
+        return (self.settings.oslogin_endpoint or DEFAULT_OSLOGIN_ENDPOINT).rstrip("/")
+
     @property
     def resourcemanager_endpoint(self) -> str:
-        """Root of the Resource Manager REST API (the projects you can see)."""
         return (self.settings.resourcemanager_endpoint or DEFAULT_RESOURCEMANAGER_ENDPOINT).rstrip("/")
+
+    @property
+    def iam_endpoint(self) -> str:
+        return (self.settings.iam_endpoint or DEFAULT_IAM_ENDPOINT).rstrip("/")
+
+    @property
+    def oauth2_endpoint(self) -> str:
+        return (self.settings.oauth2_endpoint or DEFAULT_OAUTH2_ENDPOINT).rstrip("/")
+
+    def oslogin(self) -> Any:
+        """The OS Login helper for this factory (gcpdl.oslogin.OsLogin): one per factory, so the
+        project's setting and the login profile are read once per command."""
+        if "oslogin" not in self._clients:
+            from gcpdl.oslogin import OsLogin
+
+            self._clients["oslogin"] = OsLogin(self)
+        return self._clients["oslogin"]
 
     # --- Cloud Storage -----------------------------------------------------------------------
     @property

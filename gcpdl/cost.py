@@ -125,7 +125,7 @@ class CostReport:
         return {
             "vms": [
                 {
-                    "name": v.name, "zone": v.zone, "status": v.status, "machine_type": v.machine_type,
+                    "name": v.name, "zone": v.zone, "state": v.status, "machine_type": v.machine_type,
                     "gpu": v.gpu, "gpu_count": v.gpu_count, "spot": v.spot,
                     "running_per_hour": round(v.running_per_hour, 4), "running_hours": round(v.running_hours, 3),
                     "compute_spend": round(v.compute_spend, 2), "disk_spend": round(v.disk_spend, 2),
@@ -219,11 +219,18 @@ def _gpu_of(inst: dict[str, Any]) -> tuple[str | None, int]:
     return (built[0], int(built[1])) if built else (None, 0)
 
 
+def disk_monthly_of(disk: dict[str, Any]) -> float:
+    """$/month of one disk, from its REST JSON (its own size, type and zone): the one place
+    `status`, `cost` and `up` price a disk."""
+    dtype = _last(disk.get("type")) or DEFAULT_DISK_TYPE
+    return pricing.disk_monthly(int(disk.get("sizeGb") or 0), dtype, pricing.region_of(_last(disk.get("zone"))))
+
+
 def _disk_cost(disk: dict[str, Any], now: float, vm: str | None) -> DiskCost:
     zone = _last(disk.get("zone"))
     size = int(disk.get("sizeGb") or 0)
     dtype = _last(disk.get("type")) or DEFAULT_DISK_TYPE
-    monthly = pricing.disk_monthly(size, dtype, pricing.region_of(zone))
+    monthly = disk_monthly_of(disk)
     created = _time(disk.get("creationTimestamp"))
     hours = max(0.0, now - created) / 3600.0 if created is not None else 0.0
     return DiskCost(disk["name"], zone, size, dtype, created, monthly, monthly / pricing.HOURS_PER_MONTH * hours, vm)
@@ -268,14 +275,27 @@ def cost_report(
             inst["name"], zone, inst.get("status", "UNKNOWN"), machine, gpu, count, spot, price.running,
             sum(i.hours for i in intervals), intervals, vm_disks, approximate, price.estimated,
         ))
-    vm_names = {v.name for v in vms}
-    loose = [
-        _disk_cost(d, now, None)
-        for key, d in sorted(disks_by_key.items())
-        # labelled by gcpdl, or named after one of its VMs (NAME-data) but detached
-        if key not in used and (is_managed(d) or d["name"].endswith("-data") and d["name"][:-5] in vm_names)
-    ]
+    loose = [_disk_cost(d, now, None) for d in loose_disks(disks_by_key.values(), used, {v.name for v in vms})]
     return CostReport(sorted(vms, key=lambda v: (v.name, v.zone)), loose, now, credits)
+
+
+def loose_disks(disks: Iterable[dict[str, Any]], used: set[tuple[str, str]], vm_names: set[str]) -> list[dict[str, Any]]:
+    """gcpdl disks attached to none of its VMs (``used``: (zone, name) of attached disks), in
+    (zone, name) order: labelled by gcpdl, or named after one of its VMs (NAME-data) but detached."""
+    return sorted(
+        (d for d in disks
+         if (_last(d.get("zone")), d["name"]) not in used
+         and (is_managed(d) or d["name"].endswith("-data") and d["name"][:-5] in vm_names)),
+        key=lambda d: (_last(d.get("zone")), d["name"]),
+    )
+
+
+def delete_hint(disk_name: str, zone: str, vm_names: Iterable[str] = ()) -> str:
+    """The command that deletes a kept disk: `gcpdl down NAME --delete-data` for NAME-data whose
+    VM is gone (while VM NAME exists, that command would delete the VM too)."""
+    if disk_name.endswith("-data") and len(disk_name) > 5 and disk_name[:-5] not in set(vm_names):
+        return f"gcpdl down {disk_name[:-5]} --delete-data"
+    return f"gcloud compute disks delete {disk_name} --zone {zone}"
 
 
 def gather(compute: "Compute", deadline: "Deadline", name: str | None = None) -> tuple[list[dict], list[dict]]:
@@ -287,3 +307,46 @@ def gather(compute: "Compute", deadline: "Deadline", name: str | None = None) ->
         instances = [i for i in instances if i["name"] == name]
         disks = [d for d in disks if d["name"] in (name, f"{name}-data") or (d.get("labels") or {}).get("gcpdl-vm") == name]
     return instances, disks
+
+
+# --- what keeps billing after `up` ---------------------------------------------------------------
+UPKEEP_TIMEOUT = 20.0
+
+
+@dataclass
+class Upkeep:
+    """What `up`'s summary says about money and data: the autostop window, the disks' monthly
+    price (they bill while the VM is stopped too), and where `gcpdl sync` puts a dataset."""
+
+    autostop: str  # the metadata value the agent reads: minutes, or "off"
+    autostop_minutes: int | None
+    data_disk: str | None  # NAME-data when attached
+    disk_monthly: float | None  # None: the disks could not be read
+    data_dir: str  # the default root of `gcpdl sync` on the VM
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def upkeep(compute: "Compute", inst: Any, disks: tuple[tuple[int, str], ...] | None = None) -> Upkeep:
+    """``inst``: the VM (compute.model.Instance). ``disks``: its (size_gb, type) pairs when known
+    (a VM just created from a spec); otherwise its zone's disks are read, best effort."""
+    from gcpdl.autostop import window_minutes
+    from gcpdl.compute.requests import zone_path
+    from gcpdl.errors import GcpdlError
+    from gcpdl.sync.remote import VM_DATA_ROOT
+
+    region = pricing.region_of(inst.zone)
+    monthly: float | None
+    if disks is not None:
+        monthly = round(sum(pricing.disk_monthly(size, dtype, region) for size, dtype in disks), 2)
+    else:
+        try:
+            listed = compute.get(f"{zone_path(compute.project, inst.zone)}/disks",
+                                 compute.new_deadline(UPKEEP_TIMEOUT, "the VM's disks")).get("items") or []
+            monthly = round(sum(disk_monthly_of(d) for d in listed if d.get("name") in set(inst.disks)), 2)
+        except GcpdlError:
+            monthly = None
+    minutes = window_minutes(inst.metadata)
+    data_disk = f"{inst.name}-data" if f"{inst.name}-data" in inst.disks else None
+    return Upkeep(str(minutes) if minutes else "off", minutes, data_disk, monthly, VM_DATA_ROOT)

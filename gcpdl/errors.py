@@ -88,5 +88,11 @@ class SyncError(GcpdlError):
     pass
 
 
+class SyncIncomplete(SyncError):
+    """The sync ran to its end but some listed objects are not in DEST: exit 3, never 0."""
+
+    exit_code = 3
+
+
 class VmNotRunning(GcpdlError):
     """The VM exists but is stopped (or still starting): SSH and Jupyter cannot reach it."""

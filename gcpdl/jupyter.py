@@ -8,8 +8,10 @@ travels back inside the SSH connection and is only ever put in the URL printed o
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gcpdl.errors import GcpdlError
@@ -55,6 +57,38 @@ class RemoteJupyter:
         if with_token and self.token:
             url += f"?token={self.token}"
         return url
+
+
+REDIRECT_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="1;url={url}">
+<title>Opening JupyterLab</title></head>
+<body><script>window.location.replace({url_js});</script>
+<p>Opening JupyterLab... <a href="{url}">click here</a> if nothing happens.</p></body></html>
+"""
+
+
+def write_redirect(url: str, directory: Path, name: str) -> Path:
+    """A 0600 file (in a 0700 folder) that sends the browser on to ``url``, token included.
+    The browser is started on this file, not on the URL: a process's arguments are readable by
+    every local user (/proc/PID/cmdline), a 0600 file is not. Jupyter's own launcher does the
+    same (jpserver-PID-open.html)."""
+    import html
+
+    from gcpdl.files import private_dir, write_private
+
+    private_dir(directory)
+    text = REDIRECT_HTML.format(url=html.escape(url, quote=True), url_js=json.dumps(url).replace("<", "\\u003c"))
+    return write_private(directory / f"{name}-{os.getpid()}-open.html", text)
+
+
+def open_browser(url: str, directory: Path, name: str) -> Path:
+    """Open the default browser on a redirect file for ``url``; returns the file, which the
+    caller removes when the tunnel closes."""
+    import webbrowser
+
+    path = write_redirect(url, directory, name)
+    webbrowser.open(path.as_uri())
+    return path
 
 
 def redact(text: str) -> str:

@@ -8,11 +8,13 @@ call. Zone-dependent checks (is the GPU offered in this zone, how many) need the
 
 from __future__ import annotations
 
-import ipaddress
+import math
 import re
 from dataclasses import dataclass, field
 
 from gcpdl.errors import InvalidInput
+from gcpdl.settings import ZONE_RE, parse_project
+from gcpdl.settings import escaped as _show
 
 # Deep Learning VM images (https://cloud.google.com/deep-learning-vm/docs/images). Families are
 # named framework-version-cuda-os-driver; the 570 driver branch still supports Pascal (P4/P100)
@@ -35,9 +37,15 @@ DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "pd-extreme", "hyperdisk-b
 NO_PD_STANDARD_FAMILIES = ("g2", "a3")
 SSH_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
-_NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-_MACHINE_RE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
+# Checked with fullmatch everywhere: `$` also matches before a trailing newline ("box\n").
+_NAME_RE = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_ZONE_RE = ZONE_RE
+_MACHINE_RE = re.compile(r"[a-z][a-z0-9]*-[a-z0-9-]+")
+_IMAGE_FAMILY_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+# Compute Engine accepts scheduling.maxRunDuration from 30 seconds to 120 days
+# (https://cloud.google.com/compute/docs/instances/limit-vm-runtime).
+MIN_RUN_SECONDS = 30
+MAX_RUN_SECONDS = 120 * 24 * 3600
 _N1_RE = re.compile(r"^n1-(standard|highmem|highcpu)-([0-9]+)$")
 _N1_CUSTOM_RE = re.compile(r"^n1-custom-([0-9]+)-[0-9]+$|^custom-([0-9]+)-[0-9]+$")
 
@@ -147,6 +155,8 @@ class VmSpec:
     autostop_minutes: int | None = DEFAULT_AUTOSTOP_MINUTES  # None: off
     max_hours: float | None = None
     ssh_from: str | None = None  # CIDR; None: the caller's address /32, looked up at run time
+    network: str = "default"  # the VPC network the VM and its firewall rules live in
+    subnet: str | None = None  # its subnetwork; None: the region's own (auto mode) or its only one
     # what the user said explicitly: only those count as differences from an existing VM
     gpu_given: bool = True  # False: DEFAULT_GPU was assumed
     disk_given: bool = True  # False: DEFAULT_DISK_GB was assumed
@@ -181,16 +191,16 @@ class VmSpec:
 
 # --- validation helpers (each raises InvalidInput with the exact message the CLI prints) ----
 def validate_name(name: str, what: str = "VM name") -> str:
-    if not name or len(name) > 63 or not _NAME_RE.match(name):
+    if not isinstance(name, str) or len(name) > 63 or not _NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"Invalid {what} '{name}': use 1-63 lowercase letters, digits or hyphens, "
+            f"Invalid {what} '{_show(name)}': use 1-63 lowercase letters, digits or hyphens, "
             "starting with a letter and not ending with a hyphen."
         )
     return name
 
 
 def validate_zone(zone: str) -> str:
-    if not _ZONE_RE.match(zone):
+    if not _ZONE_RE.fullmatch(zone):
         raise InvalidInput(f"Invalid zone '{zone}': expected a zone like us-central1-a.")
     return zone
 
@@ -198,13 +208,15 @@ def validate_zone(zone: str) -> str:
 def parse_gpu(value: str) -> tuple[str, int | None]:
     """'t4' -> ('t4', None); 'a100:4' -> ('a100', 4). Count None means 'not given'."""
     raw = value.strip().lower()
-    key, _, count_s = raw.partition(":")
+    if not raw:
+        raise InvalidInput(f"Invalid --gpu '{_show(value)}': choose one of: {', '.join(GPUS)}, with an optional count (t4:2).")
+    key, colon, count_s = raw.partition(":")
     if key not in GPUS:
-        raise InvalidInput(f"Unknown GPU '{key}'. Choose one of: {', '.join(GPUS)}.")
-    if not count_s:
+        raise InvalidInput(f"Unknown GPU '{_show(key)}'. Choose one of: {', '.join(GPUS)}.")
+    if not colon:
         return key, None
     if not count_s.isdigit() or int(count_s) == 0:
-        raise InvalidInput(f"Invalid GPU count '{count_s}' in '{value}': expected a whole number.")
+        raise InvalidInput(f"Invalid GPU count '{_show(count_s)}' in '{_show(value)}': expected a whole number.")
     count = int(count_s)
     gpu = GPUS[key]
     if count not in gpu.machines:
@@ -213,7 +225,7 @@ def parse_gpu(value: str) -> tuple[str, int | None]:
     return key, count
 
 
-def parse_autostop(value: str | None) -> int | None:
+def parse_autostop(value: str | None, what: str = "--autostop") -> int | None:
     """'60m', '2h', '90', 'off' -> minutes (None for off)."""
     if value is None:
         return DEFAULT_AUTOSTOP_MINUTES
@@ -222,10 +234,10 @@ def parse_autostop(value: str | None) -> int | None:
         return None
     m = re.fullmatch(r"([0-9]+)\s*(m|min|h)?", raw)
     if not m:
-        raise InvalidInput(f"Invalid --autostop '{value}': expected minutes like 60m, hours like 2h, or off.")
+        raise InvalidInput(f"Invalid {what} '{value}': expected minutes like 60m, hours like 2h, or off.")
     minutes = int(m.group(1)) * (60 if m.group(2) == "h" else 1)
     if minutes < 5 or minutes > 7 * 24 * 60:
-        raise InvalidInput(f"Invalid --autostop '{value}': choose between 5m and 168h, or off.")
+        raise InvalidInput(f"Invalid {what} '{value}': choose between 5m and 168h, or off.")
     return minutes
 
 
@@ -242,14 +254,19 @@ def parse_size_gb(value: str | int, what: str) -> int:
 
 
 def validate_cidr(value: str) -> str:
+    from gcpdl.settings import parse_cidr
+
     try:
-        net = ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError:
-        raise InvalidInput(f"Invalid --ssh-from '{value}': expected an address or CIDR like 203.0.113.7/32.") from None
-    if net.version != 4:
-        # The default VPC network has no IPv6; a v6 source would leave SSH closed.
-        raise InvalidInput(f"Invalid --ssh-from '{value}': only IPv4 addresses are supported.")
-    return str(net)
+        return parse_cidr(value)
+    except ValueError as e:
+        raise InvalidInput(f"Invalid --ssh-from '{_show(value)}': {e}.") from None
+
+
+def _given(value: str | None, flag: str) -> str | None:
+    """None when the flag was not given; an empty or blank value is an error, not "not given"."""
+    if value is not None and not value.strip():
+        raise InvalidInput(f"Invalid {flag} '{_show(value)}': it is empty.")
+    return value
 
 
 def n1_vcpus(machine: str) -> int | None:
@@ -263,7 +280,7 @@ def n1_vcpus(machine: str) -> int | None:
 
 
 def _check_machine(gpu: Gpu | None, count: int, machine: str) -> None:
-    if not _MACHINE_RE.match(machine):
+    if not _MACHINE_RE.fullmatch(machine):
         raise InvalidInput(f"Invalid machine type '{machine}'.")
     if gpu is None:
         built = builtin_machine(machine)
@@ -302,9 +319,25 @@ def build_spec(
     autostop: str | None = None,
     max_hours: float | None = None,
     ssh_from: str | None = None,
+    network: str | None = None,
+    subnet: str | None = None,
 ) -> VmSpec:
     """Validate flags into a VmSpec; raise InvalidInput with a one-line message otherwise."""
     validate_name(name)
+    if gpu is not None and not gpu.strip():
+        parse_gpu(gpu)  # the one message for an empty --gpu
+    machine, image_family, image_project, disk_type = (
+        _given(machine, "--machine"), _given(image_family, "--image-family"),
+        _given(image_project, "--image-project"), _given(disk_type, "--disk-type"),
+    )
+    ssh_from = _given(ssh_from, "--ssh-from")
+    if image_family is not None and not _IMAGE_FAMILY_RE.fullmatch(image_family):
+        raise InvalidInput(f"Invalid --image-family '{_show(image_family)}': expected an image family like {GPU_IMAGE_FAMILY}.")
+    if image_project is not None:
+        try:
+            parse_project(image_project)
+        except ValueError as e:
+            raise InvalidInput(f"Invalid --image-project '{_show(image_project)}': {e}.") from None
     if gpu and cpu_only:
         raise InvalidInput("Choose either --gpu or --cpu-only, not both.")
     # `gcpdl up box` with no GPU flag: restart box as it is, or create it with the cheapest GPU
@@ -336,9 +369,14 @@ def build_spec(
     data_gb = parse_size_gb(data_disk, "--data-disk") if data_disk is not None else None
     if data_gb is not None:
         validate_name(f"{name}-data", "data disk name (NAME-data)")
-    if max_hours is not None and not (0 < max_hours <= 24 * 120):
-        raise InvalidInput(f"Invalid --max-hours {max_hours:g}: choose a number of hours between 0 and 2880.")
-    cidr = validate_cidr(ssh_from) if ssh_from else None
+    if max_hours is not None and not (math.isfinite(max_hours) and MIN_RUN_SECONDS <= round(max_hours * 3600) <= MAX_RUN_SECONDS):
+        raise InvalidInput(
+            f"Invalid --max-hours {max_hours:g}: Compute Engine accepts a run time from {MIN_RUN_SECONDS} seconds "
+            f"({math.ceil(MIN_RUN_SECONDS / 3600 * 1e4) / 1e4:g} hours) to {MAX_RUN_SECONDS // 86400} days ({MAX_RUN_SECONDS // 3600} hours)."
+        )
+    cidr = validate_cidr(ssh_from) if ssh_from is not None else None
+    net = validate_name(network.strip(), "--network name") if network is not None else "default"
+    sub = validate_name(subnet.strip(), "--subnet name") if subnet is not None else None
     return VmSpec(
         name=name,
         gpu=entry.key if entry else None,
@@ -353,6 +391,8 @@ def build_spec(
         autostop_minutes=parse_autostop(autostop),
         max_hours=max_hours,
         ssh_from=cidr,
+        network=net,
+        subnet=sub,
         gpu_given=gpu_given,
         disk_given=disk is not None,
     )

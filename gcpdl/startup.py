@@ -4,7 +4,10 @@ agent's autostop.sh.j2, always: the agent honours "off"), rendered by one functi
 `up` calls ``render_startup_script(StartupOptions(...))`` and sends the result as the
 `startup-script` metadata value. The script reports progress in the guest attribute
 namespace ``gcpdl`` (keys ``stage`` and ``error``); ``STAGES`` says what each stage means to
-a person, for ``gcpdl.ssh.ready.wait_ready``.
+a person, for ``gcpdl.ssh.ready.wait_ready``. It writes a stage only when it changed and the
+write budget has room (stages in between may be skipped), and reads ``ready`` or the error
+back until the metadata server holds it. It also republishes the VM's sshd host keys
+(``hostkeys/TYPE``) when the published ones differ from what sshd has.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ STAGES: dict[str, str] = {
 
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
+# Guest attributes: Google documents about 10 writes a minute and 3 a second per VM, beyond
+# which writes may be dropped; the guest agent spends 4 at boot (its host keys and more).
+GUEST_ATTR_WRITES_PER_MINUTE = 10
+GUEST_AGENT_BOOT_WRITES = 4
+
 
 @dataclass(frozen=True)
 class StartupOptions:
@@ -41,6 +49,12 @@ class StartupOptions:
     jupyter_port: int = JUPYTER_PORT
     driver_wait_seconds: int = 900  # the DLVM installs the driver on first boot: minutes
     jupyter_wait_seconds: int = 300
+    # the guest agent (ssh-keys) or OS Login's NSS module provides the login user; wait this long
+    user_wait_seconds: int = 180
+    # each of apt-get and pip when JupyterLab must be installed (a VM with no internet hangs)
+    install_wait_seconds: int = 600
+    # gcpdl's share of the guest attribute budget in any minute, the agent's boot writes aside
+    guest_attr_writes_per_minute: int = 5
 
     @property
     def agent_files(self) -> dict[str, str]:
@@ -58,4 +72,11 @@ def render_startup_script(options: StartupOptions) -> str:
         raise InvalidInput(f"'{options.user}' is not a valid Linux user name.")
     if not 1 <= int(options.jupyter_port) <= 65535:
         raise InvalidInput(f"Jupyter port {options.jupyter_port} is out of range.")
+    share = GUEST_ATTR_WRITES_PER_MINUTE - GUEST_AGENT_BOOT_WRITES
+    if not 2 <= int(options.guest_attr_writes_per_minute) <= share:
+        # 2: one stage and the final word; above the share, the agent's writes and gcpdl's overrun
+        raise InvalidInput(f"guest_attr_writes_per_minute must be between 2 and {share}.")
+    for field in ("driver_wait_seconds", "jupyter_wait_seconds", "user_wait_seconds", "install_wait_seconds"):
+        if int(getattr(options, field)) < 1:
+            raise InvalidInput(f"{field} must be at least 1 second.")
     return render("startup.sh.j2", o=options)

@@ -9,5 +9,6 @@ pytest_plugins = [
     "tests.fixtures.jupyter",
     "tests.fixtures.compute",
     "tests.fixtures.ssh",
+    "tests.fixtures.oslogin",
     "tests.fixtures.storage",
 ]

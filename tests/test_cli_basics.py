@@ -73,4 +73,4 @@ def test_jupyter_fixture_answers(jupyter_server):
 def test_config_set_rejects_a_non_number():
     result = CliRunner().invoke(cli, ["config", "set", "credits", "abc"])
     assert result.exit_code == 2
-    assert result.output == "Error: Config value credits='abc' is not a number.\n"
+    assert result.output == "Error: Invalid credits 'abc': expected a number.\n"

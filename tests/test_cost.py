@@ -150,7 +150,7 @@ def test_cost_of_a_timeline(timeline):
         assert vms[name]["spend"] == pytest.approx(spend, abs=0.02), name
         assert vms[name]["approximate"] is False
     assert [run["hours"] for run in vms["box"]["runs"]] == [8.0, 2.0, 1.0]
-    assert vms["old"]["status"] == "TERMINATED" and vms["old"]["burn_per_hour"] == pytest.approx(100 * 0.04 / 730, abs=1e-4)
+    assert vms["old"]["state"] == "TERMINATED" and vms["old"]["burn_per_hour"] == pytest.approx(100 * 0.04 / 730, abs=1e-4)
     assert [d["name"] for d in r["loose_disks"]] == ["gone-data"]
     assert r["loose_disks"][0]["spend"] == pytest.approx(exp["gone-data"], abs=0.01)
     assert r["burn_per_hour"] == pytest.approx(exp["burn"], abs=1e-3)
@@ -227,7 +227,7 @@ def test_autostop_on_a_stopped_vm_applies_at_next_start(gcp):
     gcp.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed"})
     result = run("autostop", "box", "2h")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "box in us-central1-a: stops after 120 min idle, from when it next starts (it is TERMINATED)."
+    assert result.stdout.strip() == "box in us-central1-a: stops after 120 min idle, from when it next starts (it is STOPPED)."
     assert _autostop_value(gcp) == "120"
 
 
@@ -263,8 +263,8 @@ def test_autostop_retries_a_stale_fingerprint_and_keeps_the_other_write(gcp):
 @pytest.mark.parametrize(
     "window, line",
     [
-        ("1m", "Error: Invalid --autostop '1m': choose between 5m and 168h, or off."),
-        ("soon", "Error: Invalid --autostop 'soon': expected minutes like 60m, hours like 2h, or off."),
+        ("1m", "Error: Invalid WINDOW '1m': choose between 5m and 168h, or off."),
+        ("soon", "Error: Invalid WINDOW 'soon': expected minutes like 60m, hours like 2h, or off."),
     ],
 )
 def test_autostop_bad_window_before_any_api_call(gcp, window, line):

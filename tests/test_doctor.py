@@ -25,7 +25,7 @@ def test_all_checks_pass(env):
     data = json.loads(result.stdout)
     assert data["ok"] is True
     assert [c["name"] for c in data["checks"]] == [
-        "credentials", "project", "compute api", "billing", "quota GPUS_ALL_REGIONS",
+        "credentials", "project", "compute api", "billing", "network default", "firewall", "os login", "quota GPUS_ALL_REGIONS",
         "quota NVIDIA_T4_GPUS", "quota PREEMPTIBLE_NVIDIA_T4_GPUS",
     ]
     assert env.calls("compute.instances.insert") == []

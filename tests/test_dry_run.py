@@ -29,10 +29,13 @@ def test_dry_run_json_lists_exact_requests(env):
     plan = _plan("--gpu", "t4", "--spot", "--data-disk", "200", "--max-hours", "5", "--autostop", "30m")
     assert [(r["method"], r["path"]) for r in plan["requests"]] == [
         ("POST", "/compute/v1/projects/demo-project/global/firewalls"),
+        ("POST", "/compute/v1/projects/demo-project/global/firewalls"),
         ("POST", "/compute/v1/projects/demo-project/zones/us-central1-a/disks"),
         ("POST", "/compute/v1/projects/demo-project/zones/us-central1-a/instances"),
     ]
-    fw, disk, inst = (r["body"] for r in plan["requests"])
+    fw, deny, disk, inst = (r["body"] for r in plan["requests"])
+    assert deny["denied"] == [{"IPProtocol": "tcp", "ports": ["22"]}] and deny["sourceRanges"] == ["0.0.0.0/0"]
+    assert deny["targetTags"] == ["gcpdl-box"] and fw["priority"] < deny["priority"] < 65534
     assert fw["sourceRanges"] == ["203.0.113.7/32"]
     assert fw["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
     assert fw["targetTags"] == inst["tags"]["items"] == ["gcpdl-box"]
@@ -99,7 +102,7 @@ def test_dry_run_without_project_or_zone_says_so(monkeypatch):
         "Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID\n"
     )
     monkeypatch.delenv("GCPDL_ZONE")
-    result = CliRunner().invoke(cli, ["up", "box", "--gpu", "t4", "--dry-run", "--project", "p"])
+    result = CliRunner().invoke(cli, ["up", "box", "--gpu", "t4", "--dry-run", "--project", "my-project"])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: No zone set. Pass --zone")
 

@@ -67,7 +67,7 @@ def test_down_deletes_vm_boot_disk_and_rule_but_keeps_data(env):
     result = run("down", "box", "--yes")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "Deleted instance box, boot disk box, firewall rule gcpdl-ssh-box.",
+        "Deleted instance box, boot disk box, firewall rule gcpdl-ssh-box, firewall rule gcpdl-deny-ssh-box.",
         "Kept data disk box-data (gcpdl down box --delete-data removes it).",
     ]
     assert env.instances() == [] and env.firewalls() == []
@@ -93,7 +93,7 @@ def test_down_asks_and_no_keeps_everything(env):
     assert result.exit_code == 0  # "n" is an answer, not an error (issue 10)
     assert "Delete box in us-central1-a? This cannot be undone." in result.stderr
     assert result.stderr.splitlines()[-1] == "Nothing deleted."
-    assert env.instance(ZONE, "box") is not None and len(env.firewalls()) == 1
+    assert env.instance(ZONE, "box") is not None and len(env.firewalls()) == 2
 
 
 def test_down_retries_a_503_on_delete(env):
@@ -165,7 +165,7 @@ def test_down_after_the_vm_vanished_removes_its_leftovers(env):
     assert result.exit_code == 0, result.output
     assert "No VM named box; removing what is left of it." in result.stderr
     assert result.stdout.splitlines() == [
-        "Deleted firewall rule gcpdl-ssh-box.",
+        "Deleted firewall rule gcpdl-ssh-box, firewall rule gcpdl-deny-ssh-box.",
         "Kept data disk box-data (gcpdl down box --delete-data removes it).",
     ]
     assert env.firewalls() == [] and [d["name"] for d in env.disks()] == ["box-data"]

@@ -60,7 +60,7 @@ def test_machine_override_takes_count_from_builtin_machine():
         ({"name": "box", "gpu": "t4", "disk": "lots"}, "Invalid --disk 'lots': expected a size in GB like 200 or 1TB."),
         ({"name": "box", "gpu": "l4", "disk_type": "pd-standard"}, "g2-standard-8 cannot boot from pd-standard; use pd-balanced or pd-ssd."),
         ({"name": "box", "gpu": "t4", "disk_type": "floppy"}, "Unknown disk type 'floppy'. Choose one of: pd-standard, pd-balanced, pd-ssd, pd-extreme, hyperdisk-balanced."),
-        ({"name": "box", "gpu": "t4", "ssh_from": "10.0.0.300/8"}, "Invalid --ssh-from '10.0.0.300/8': expected an address or CIDR like 203.0.113.7/32."),
+        ({"name": "box", "gpu": "t4", "ssh_from": "10.0.0.300/8"}, "Invalid --ssh-from '10.0.0.300/8': expected an IPv4 address or range like 203.0.113.7/32."),
         ({"name": "box", "gpu": "t4", "autostop": "soon"}, "Invalid --autostop 'soon': expected minutes like 60m, hours like 2h, or off."),
         ({"name": "a" * 60, "gpu": "t4", "data_disk": "100"}, None),
     ],

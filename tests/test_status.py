@@ -50,9 +50,10 @@ def test_status_table(three):
     result = run("status")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "ZONE", "GPU", "IP", "UPTIME", "$/H", "SPENT", "DISKS", "$/MO"]
-    assert lines[1].split()[:6] == ["alpha", "RUNNING", "us-central1-a", "t4:1", "34.1.2.3", "2h05m"]
-    assert lines[3].split()[:3] == ["gamma", "PREEMPTED", "(spot)"]
+    assert lines[0].split() == ["NAME", "STATE", "ZONE", "GPU", "UPTIME", "PRICE", "SPENT", "AUTOSTOP"]
+    assert lines[1].split()[:5] == ["alpha", "RUNNING", "us-central1-a", "t4", "2h05m"]
+    assert lines[2].split()[:2] == ["beta", "STOPPED"]  # GCE's TERMINATED
+    assert lines[3].split()[:4] == ["gamma", "PREEMPTED", "us-east1-c", "t4*"]
     assert "beta: stopped by autostop (idle 60 min)" in lines
 
 

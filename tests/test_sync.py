@@ -111,8 +111,8 @@ def test_retries_throttling_and_resets(gcs, tmp_path):
     s = sync_json("gs://dset/d", str(dest))
     assert (s["files"], s["failed"]) == (40, 0) and s["retries"] >= 6
     gcs.faults(fail_status=429, fail_count=3, fail_kinds=["media"], reset_mid_body=3)
-    s = sync_json("gs://dset/d2", str(tmp_path / "out2"))  # empty prefix: nothing to do
-    assert s["files"] == 0
+    r = run_sync("gs://dset/d2", str(tmp_path / "out2"))  # matches nothing: an error, nothing fetched
+    assert r.exit_code == 1 and not (tmp_path / "out2").exists()
     for p in dest.iterdir():
         if p.is_file():
             p.unlink()
@@ -138,10 +138,10 @@ def test_persistent_corruption_fails_that_object_loudly(gcs, tmp_path):
     gcs.faults(corrupt=10, corrupt_match="d/bad")
     dest = tmp_path / "out"
     r = run_sync("gs://dset/d", str(dest), "--json")
-    assert r.exit_code == 1
+    assert r.exit_code == 3  # incomplete (tests/test_sync_trust.py)
     assert r.stderr.strip().splitlines()[-1] == (
-        "Error: 1 object(s) failed: d/bad (CRC32C mismatch twice: the downloaded bytes do not match the"
-        " bucket's checksum). Re-run to retry them."
+        "Error: Sync incomplete: 1 of 2 objects is not in DEST (1 failed: d/bad (CRC32C mismatch twice: the"
+        " downloaded bytes do not match the bucket's checksum)). Re-run to fetch 1 object."
     )
     summary = json.loads(r.stdout)
     assert summary["failed"] == 1 and summary["failures"][0]["name"] == "d/bad"
@@ -166,9 +166,9 @@ def test_unsafe_names_placeholders_and_collisions(gcs, tmp_path):
     )
     dest = tmp_path / "deep" / "out"
     r = run_sync("gs://dset/d", str(dest), "--json")
-    assert r.exit_code == 0, r.stderr
+    assert r.exit_code == 3, r.stderr  # incomplete: five objects are not in DEST
     s = json.loads(r.stdout)
-    assert (s["unsafe"], s["placeholders"], s["collisions"], s["files"]) == (4, 1, 1, 2)
+    assert (s["unsafe"], s["placeholders"], s["collisions"], s["files"], s["complete"]) == (4, 1, 1, 2, False)
     assert "Warning: Skipping object 'd/../../escape': its name has a '..' path component." in r.stderr
     assert "Warning: Skipping 'd/f/inside': a file is in the way of its folder (file 'f')." in r.stderr
     assert tree(dest) == {"ok": b"ok", "f": b"file"}
@@ -233,7 +233,7 @@ def _assert_error(r, code: int, line: str, dest: Path | None = None):
 
 def test_malformed_url(tmp_path):
     r = run_sync("http://x/y", str(tmp_path / "o"))
-    _assert_error(r, 2, "Error: 'http://x/y' is not a gs:// URL. Use gs://BUCKET or gs://BUCKET/PREFIX.", tmp_path / "o")
+    _assert_error(r, 2, "Error: 'http://x/y' is not a Cloud Storage link. Use gs://BUCKET/PATH, https://storage.googleapis.com/BUCKET/PATH or a Cloud Console bucket link.", tmp_path / "o")
 
 
 def test_bucket_not_found(gcs, tmp_path):
@@ -414,7 +414,8 @@ def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
 
     port = free_port()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr("gcpdl.sync.listing.LIST_RETRY_S", 0.2)
+    monkeypatch.setattr("gcpdl.sync.listing.PAGE_TIMEOUT", (0.05, 0.05))  # the retry budget follows
+    monkeypatch.setattr("gcpdl.sync.listing.LIST_BACKOFF_BASE", 0.01)
     r = run_sync("gs://dset/d", str(tmp_path / "o"))
     _assert_error(
         r, 1,

@@ -89,3 +89,60 @@ def test_read_only_dest(gcs, readonly_fs):
     assert r.exit_code == 1
     assert r.stderr == f"Error: Cannot write to {dest}: Read-only file system. Pick a writable DEST.\n"
     assert gcs.counters().get("kind:media", 0) == 0
+
+
+def _fill(fs: Path) -> Path:
+    """Another process takes every free block of ``fs``."""
+    filler = fs / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_under_the_state_file_is_one_error_and_a_rerun_completes(gcs, small_fs, monkeypatch):
+    """Empty objects need no data blocks, so the first write that meets the full disk is SQLite's
+    (the state flush): it is reported as the full disk it is, part files are removed, the state
+    stays readable, and a re-run after freeing space finishes without downloading again what is
+    already there."""
+    import sqlite3
+
+    import gcpdl.sync.state as state_mod
+    from gcpdl.clients import ClientFactory
+    from gcpdl.errors import SyncError
+    from gcpdl.settings import resolve
+    from gcpdl.sync.engine import SyncOptions, run_sync as engine_sync
+    from gcpdl.sync.url import parse_gs_url
+
+    monkeypatch.setattr(state_mod, "FLUSH_ROWS", 50)
+    gcs.create_bucket("dset", public=True)
+    gcs.generate("dset", "d/", count=2000, size=0, seed=1)
+    dest = small_fs / "data"
+    filled: list[Path] = []
+
+    def on_progress(p) -> None:
+        if not filled and p.files_done >= 100:
+            filled.append(_fill(small_fs))
+
+    opts = SyncOptions(source=parse_gs_url("gs://dset/d"), dest=dest, jobs=8, progress_interval=0.005)
+    with pytest.raises(SyncError) as e:
+        engine_sync(opts, ClientFactory(resolve()), on_progress=on_progress)
+    assert e.value.message == f"No space left on {dest}."
+    assert e.value.fix == "Free some space or pick a bigger disk, then re-run: finished files are kept."
+    assert filled
+    assert os.listdir(dest / ".gcpdl" / "parts") == []
+    with sqlite3.connect(dest / ".gcpdl" / "state.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        recorded = {p for (p,) in db.execute("SELECT path FROM files")}
+    assert recorded <= {p.name for p in dest.iterdir()}
+
+    filled[0].unlink()
+    media = gcs.counters().get("kind:media", 0)
+    fetched_before = len([p for p in dest.iterdir() if p.name != ".gcpdl"])
+    s = engine_sync(SyncOptions(source=parse_gs_url("gs://dset/d"), dest=dest), ClientFactory(resolve()))
+    assert s.complete and s.files + s.skipped == 2000
+    assert gcs.counters().get("kind:media", 0) - media == 2000 - fetched_before

@@ -82,3 +82,37 @@ def test_unknown_vm(vm, tmp_path):
     r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "x"), "--on", "nope"])
     assert r.exit_code == 1
     assert r.stderr == "Error: No VM named nope in project test-project. See your VMs with: gcpdl status\n"
+
+
+def test_a_wheel_of_the_right_size_but_other_bytes_is_replaced(vm, gcs, tmp_path):
+    """The wheel on the VM is reused only when its SHA-256 matches what would be shipped: same
+    size is not enough (a truncated-then-padded upload, or someone else's file of that name)."""
+    from gcpdl.sync.remote import build_wheel
+
+    gcs.create_bucket("vmdata", public=True)
+    gcs.put("vmdata", "d/a", b"x")
+    dest = tmp_path / "vm-disk"
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(dest), "--on", "box"])
+    assert r.exit_code == 0, r.stderr
+    (wheel,) = (tmp_path / "vm-gcpdl" / "wheels").iterdir()
+    name, data = build_wheel()
+    assert wheel.name == name
+    wheel.write_bytes(b"\0" * len(data))  # same size, other bytes
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(dest), "--on", "box"])
+    assert r.exit_code == 0, r.stderr
+    assert "Shipping gcpdl to the VM" in r.stderr
+    assert wheel.read_bytes() == data
+
+
+def test_an_incomplete_sync_on_the_vm_exits_3_with_complete_false(vm, gcs, tmp_path):
+    gcs.create_bucket("vmdata", public=True)
+    gcs.put_many("vmdata", {"d/a": b"a", "d/b": b"b"})
+    gcs.faults(fail_status=404, fail_count=1, fail_match="d/b", fail_kinds=["media"])  # deleted after the listing
+    r = CliRunner().invoke(cli, ["sync", "gs://vmdata/d", str(tmp_path / "vm-disk"), "--on", "box", "--json"])
+    assert r.exit_code == 3, r.stderr
+    s = json.loads(r.stdout)
+    assert (s["complete"], s["missing"], s["vm"]) == (False, 1, "box")
+    assert r.stderr.strip().splitlines()[-1] == (
+        "Error: On VM box: Sync incomplete: 1 of 2 objects is not in DEST (1 changed in the bucket during the sync)."
+        " Re-run to fetch 1 object."
+    )

@@ -34,7 +34,7 @@ def test_parse_gs_url(url, bucket, prefix):
 @pytest.mark.parametrize(
     "url, message",
     [
-        ("s3://b/x", "'s3://b/x' is not a gs:// URL. Use gs://BUCKET or gs://BUCKET/PREFIX."),
+        ("s3://b/x", "'s3://b/x' is not a gs:// URL. Use gs://BUCKET/PATH, https://storage.googleapis.com/BUCKET/PATH or a Cloud Console bucket link."),
         ("gs://", "'gs://' names no bucket. Use gs://BUCKET or gs://BUCKET/PREFIX."),
         ("gs:///x", "'gs:///x' names no bucket. Use gs://BUCKET or gs://BUCKET/PREFIX."),
         ("gs://Bad_Bucket", "'Bad_Bucket' is not a valid bucket name (lowercase letters, digits, '-', '_' and '.')."),
@@ -60,7 +60,7 @@ def test_parse_gs_url_rejects(url, message):
         ("data/a//x", "data/", Unsafe("data/a//x", "has a '//' path component")),
         ("data//x", "data/", Unsafe("data//x", "is an absolute path")),
         ("/etc/passwd", "", Unsafe("/etc/passwd", "is an absolute path")),
-        ("data/a\x00b", "data/", Unsafe("data/a\x00b", "contains a NUL byte")),
+        ("data/a\x00b", "data/", Unsafe("data/a\x00b", "contains a control character")),
         ("data/./a", "data/", Unsafe("data/./a", "has a '.' path component")),
         (".gcpdl/state.sqlite", "", Unsafe(".gcpdl/state.sqlite", "would overwrite gcpdl's own .gcpdl/ state directory")),
         ("x/" + "n" * 256, "x/", Unsafe("x/" + "n" * 256, "has a path component longer than 255 bytes")),

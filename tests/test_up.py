@@ -47,9 +47,11 @@ def test_real_run_sends_exactly_the_dry_run_bodies(env):
         "disks.insert": bodies(env, "compute.disks.insert"),
         "instances.insert": bodies(env, "compute.instances.insert"),
     }
-    for call in plan.requests:
-        assert sent[call.kind] == [call.body], call.kind
-        assert [r.path for r in env.calls("compute." + call.kind)] == [call.path]
+    for kind in sent:
+        # two firewall inserts (the SSH allow rule and the deny rule for everyone else)
+        assert sorted(json.dumps(b, sort_keys=True) for b in sent[kind]) == \
+            sorted(json.dumps(c.body, sort_keys=True) for c in plan.requests if c.kind == kind), kind
+        assert sorted(r.path for r in env.calls("compute." + kind)) == sorted(c.path for c in plan.requests if c.kind == kind)
 
 
 def test_cli_up_matches_cli_dry_run(env):
@@ -77,7 +79,8 @@ def test_cli_up_matches_cli_dry_run(env):
     inst = env.instance(ZONE, "box")
     assert inst["status"] == "RUNNING"
     assert inst["labels"] == {"gcpdl": "managed", "gcpdl-gpu": "l4", "gcpdl-gpu-count": "1", "gcpdl-spot": "false"}
-    (rule,) = env.firewalls()
+    rule, deny = (env.firewalls_by_name[n] for n in ("gcpdl-ssh-box", "gcpdl-deny-ssh-box"))
+    assert deny["denied"] == [{"IPProtocol": "tcp", "ports": ["22"]}] and deny["targetTags"] == ["gcpdl-box"]
     assert rule["sourceRanges"] == ["203.0.113.7/32"] and rule["targetTags"] == ["gcpdl-box"]
     assert rule["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
 
@@ -88,10 +91,11 @@ def test_human_output_and_happy_path_call_count(env):
     assert "Created box in us-central1-a" in result.stdout
     assert "127.0.0.1" in result.stdout and "$" in result.stdout
     assert "Creating box in us-central1-a..." in result.stderr
-    # pre-flight reads (5, plus 2 for GPU quota, in parallel) + firewall insert/wait + instance insert/wait + get
-    assert mutations(env) == ["compute.firewalls.insert", "compute.instances.insert"] or \
-        mutations(env) == ["compute.instances.insert", "compute.firewalls.insert"]
-    assert len(env.requests) <= 12
+    # pre-flight reads (7, plus 2 for GPU quota, in parallel) + deny rule insert/wait, then the allow rule beside the
+    # instance (insert/wait each) + get
+    assert sorted(mutations(env)) == ["compute.firewalls.insert", "compute.firewalls.insert", "compute.instances.insert"]
+    assert mutations(env)[0] == "compute.firewalls.insert"  # the deny rule, before the instance
+    assert len(env.requests) <= 16
 
 
 def test_up_on_running_vm_reuses_it(env):
@@ -140,7 +144,7 @@ def test_firewall_rule_follows_the_callers_address(env, monkeypatch):
     assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
     monkeypatch.setenv("GCPDL_MY_IP", "198.51.100.9")
     assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
-    (rule,) = env.firewalls()
+    rule = env.firewalls_by_name["gcpdl-ssh-box"]
     assert rule["sourceRanges"] == ["198.51.100.9/32"]
     assert [r.body["sourceRanges"] for r in env.calls("compute.firewalls.patch")] == [["198.51.100.9/32"]]
 
@@ -244,8 +248,8 @@ def test_retries_429_and_5xx_on_reads_and_mutations(env):
     result = run("up", "box", "--gpu", "t4", "--yes")
     assert result.exit_code == 0, result.output
     assert len(env.calls("compute.instances.insert")) == 3
-    assert len(env.calls("compute.firewalls.insert")) == 2
-    assert len(env.instances()) == 1 and len(env.firewalls()) == 1
+    assert len(env.calls("compute.firewalls.insert")) == 3  # the first of the two rules is retried once
+    assert len(env.instances()) == 1 and len(env.firewalls()) == 2
     # one requestId per logical insert, the same on every retry
     assert len({r.query.get("requestId") for r in env.calls("compute.instances.insert")}) == 1
 
@@ -303,7 +307,10 @@ def test_missing_credentials(env, monkeypatch, tmp_path):
     result = run("up", "box", "--gpu", "t4", "--yes")
     assert result.exit_code == 1
     line = result.stderr.strip()
-    assert line.startswith("Error: No Google credentials found (") and line.endswith("Run: gcloud auth application-default login")
+    # the variable names a missing file: say so, and that the variable is what to fix
+    assert line == (f"Error: The credentials file {tmp_path / 'nope.json'} (named by GOOGLE_APPLICATION_CREDENTIALS) cannot be "
+                    "used: the file does not exist. Fix it, point GOOGLE_APPLICATION_CREDENTIALS at a valid key file, or unset "
+                    "it to use your gcloud login.")
     assert env.requests == []
 
 
@@ -480,7 +487,7 @@ def test_rule_created_meanwhile_by_another_laptop_is_patched(env):
 
 def test_missing_credentials_is_the_first_thing_said(monkeypatch):
     """No ADC and no network: the credentials error comes before the public-IP lookup."""
-    monkeypatch.setenv("GCPDL_PROJECT", "p")
+    monkeypatch.setenv("GCPDL_PROJECT", "my-project")
     result = run("up", "box", "--gpu", "t4", "--zone", "us-central1-a", "--yes")
     assert result.exit_code == 1
     assert result.stderr == (

@@ -21,10 +21,12 @@ Decisions, in one place:
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
 import shutil
+import stat
 import subprocess
 import urllib.error
 import urllib.request
@@ -335,8 +337,7 @@ class SyncSignal:
 
     def read(self) -> Reading:
         try:
-            with open(self.lock_path) as f:
-                content = f.read().strip()
+            content = _read_pid_file(self.lock_path)
         except FileNotFoundError:
             content = None
         except OSError as e:
@@ -355,6 +356,24 @@ class SyncSignal:
         if running:
             return Reading(self.name, BUSY, f"gcpdl sync running (pid {running[0].pid})")
         return Reading(self.name, IDLE, "no sync")
+
+
+def _read_pid_file(path: str) -> str:
+    """The agent (root) reading a file the login user controls (/run/gcpdl is world-writable):
+    never through a link, never a FIFO or device (open would block, or read for ever), and no
+    more than a pid's worth."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError("a link, not a regular file") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError("not a regular file")
+        return os.read(fd, 64).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
 
 
 def _short(e: BaseException) -> str:

@@ -74,7 +74,7 @@ class App:
         from gcpdl.clients import ClientFactory
 
         if self._factory is None or flags:
-            self._factory = ClientFactory(self.settings(**flags))
+            self._factory = ClientFactory(self.settings(**flags), on_notice=self.warn)
         return self._factory
 
     # --- output: data to stdout, messages to stderr ----------------------------------------
@@ -144,6 +144,10 @@ class LazyGroup(click.Group):
             raise click.exceptions.Exit(0)
         except GcpdlError as e:
             raise UserError(e) from None
+        except click.UsageError as e:
+            if isinstance(e, OneLineUsageError):
+                raise
+            raise OneLineUsageError(e) from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             raise click.exceptions.Exit(130)
@@ -215,6 +219,19 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo("\n".join(self.lines(terminal_width())), err=True)
+
+
+class OneLineUsageError(click.UsageError):
+    """A command's usage error (bad option value, unknown option) as one `Error:` line that
+    says where the help is, instead of click's usage block; exit code 2 as click's."""
+
+    def __init__(self, error: click.UsageError):
+        super().__init__(" ".join(error.format_message().split("\n")), ctx=error.ctx)
+        self.exit_code = error.exit_code
+
+    def show(self, file: Any = None) -> None:
+        where = self.ctx.command_path if self.ctx is not None else "gcpdl"
+        click.echo(f"Error: {self.format_message()} (see: {where} --help)", err=True)
 
 
 def terminal_width(stream: Any = None) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import json_option
+from gcpdl.cli.options import ValueArgsCommand, json_option
 
 
 @click.group()
@@ -18,16 +18,16 @@ def config() -> None:
 @click.pass_obj
 def show(app: App, as_json: bool) -> None:
     """Show resolved settings and where each came from."""
-    from gcpdl.settings import CONFIG_KEYS, config_path
+    from gcpdl.settings import SETTINGS, config_path
 
     s = app.settings()
     data = {"profile": s.profile, "config_file": str(config_path())}
-    data.update({k: getattr(s, k) for k in CONFIG_KEYS})
+    data.update({k: getattr(s, k) for k in SETTINGS})
     data["sources"] = s.sources
 
     def human(d: dict) -> str:
         lines = [f"profile: {d['profile']}", f"config file: {d['config_file']}"]
-        for key in CONFIG_KEYS:
+        for key in SETTINGS:
             value = d[key]
             if value in (None, [], ""):
                 continue
@@ -37,7 +37,7 @@ def show(app: App, as_json: bool) -> None:
     app.emit(data, as_json, human)
 
 
-@config.command("set")
+@config.command("set", cls=ValueArgsCommand)
 @click.argument("key")
 @click.argument("value")
 @click.pass_obj

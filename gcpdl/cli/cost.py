@@ -62,6 +62,9 @@ def _hours(h: float) -> str:
 
 
 def _render(r: dict) -> str:
+    from gcpdl.cli.status import human_state
+    from gcpdl.cost import delete_hint
+
     lines = []
     if r["vms"]:
         lines.append(f"{'NAME':<20} {'ZONE':<16} {'STATE':<11} {'RAN':>8} {'$/H RUNNING':>11} {'DISKS $/MO':>10} {'SPEND':>9}")
@@ -69,12 +72,13 @@ def _render(r: dict) -> str:
             mark = "~" if v["approximate"] or v["estimated"] else " "
             disks = sum(d["monthly"] for d in v["disks"])
             lines.append(
-                f"{v['name']:<20} {v['zone']:<16} {v['status']:<11} {_hours(v['running_hours']):>8} "
+                f"{v['name']:<20} {v['zone']:<16} {human_state(v['state']):<11} {_hours(v['running_hours']):>8} "
                 f"{v['running_per_hour']:>11.2f} {disks:>10.2f} {('$%.2f' % v['spend']):>8}{mark}"
             )
     for d in r["loose_disks"]:
         lines.append(f"Kept disk {d['name']} ({d['size_gb']} GB {d['disk_type']}, {d['zone']}): "
-                     f"${d['monthly']:.2f}/month, ${d['spend']:.2f} so far. Delete it when done: gcloud compute disks delete {d['name']} --zone {d['zone']}")
+                     f"${d['monthly']:.2f}/month, ${d['spend']:.2f} so far. "
+                     f"Delete it when done: {delete_hint(d['name'], d['zone'], (v['name'] for v in r['vms']))}")
     if not lines:
         lines.append("No gcpdl VMs or disks: nothing is billing.")
     burn = r["burn_per_hour"]

@@ -1,4 +1,4 @@
-"""`gcpdl doctor`: are credentials, project, API, billing and GPU quota ready for `up`?
+"""`gcpdl doctor`: are credentials, project, API, billing, OS Login roles and GPU quota ready for `up`?
 `--fix` repairs what Google's APIs let a program repair (gcpdl.fix), asking first."""
 
 from __future__ import annotations

@@ -68,9 +68,12 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
         )
         app.say(f"Jupyter on {name} is at {server.url(tunnel.local_port, with_token=False)} (tunnel over SSH). Ctrl-C closes it.")
         if not no_browser:
-            import webbrowser
+            from gcpdl.jupyter import open_browser
+            from gcpdl.settings import state_dir
 
-            webbrowser.open(url)
+            # the browser gets a 0600 redirect file: its command line is readable by any local user
+            page = open_browser(url, state_dir() / "jupyter", name)
+            app.on_close(lambda: page.unlink(missing_ok=True))
         tunnel.wait()
     except KeyboardInterrupt:  # Ctrl-C is how a tunnel is meant to end: exit 0
         app.say("Tunnel closed.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import json_option, name_argument, project_option, yes_option
+from gcpdl.cli.options import confirm as ask, json_option, name_argument, project_option, yes_option
 
 
 def _compute(app: App, project: str | None):
@@ -26,9 +26,8 @@ def refresh_ssh_config(app: App, instances) -> None:
     """Point `ssh NAME` (and scp, rsync, VS Code) at each running VM's current address.
     Best effort: a failure here never fails the command."""
     from gcpdl.errors import GcpdlError
-    from gcpdl.ssh.hostkeys import host_alias, read_known
     from gcpdl.ssh.sshconfig import refresh_host
-    from gcpdl.ssh.target import guest_hostkeys
+    from gcpdl.ssh.target import guest_hostkeys, login_user
 
     settings = app.settings()
     factory = app.factory()
@@ -37,11 +36,14 @@ def refresh_ssh_config(app: App, instances) -> None:
             continue
         try:
             # The block says StrictHostKeyChecking yes: a VM this laptop never reached (made on
-            # another one) needs its published keys pinned, or `ssh NAME` refuses it. Once
-            # pinned, later refreshes cost no API call.
-            keys = () if read_known(host_alias(inst.instance_id)) else guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
-            refresh_host(inst.name, inst.external_ip, inst.instance_id, user=settings.ssh_user, port=settings.ssh_port,
-                         host_keys=keys)
+            # another one) needs its published keys pinned, or `ssh NAME` refuses it; and a key
+            # pinned earlier is re-checked against them every time (one read per running VM).
+            keys = guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
+            user = login_user(factory, inst.metadata, write=False).user  # the OS Login user where it is on
+            if not user:  # OS Login, and this account never logged in: `gcpdl ssh` writes it
+                continue
+            refresh_host(inst.name, inst.external_ip, inst.instance_id, user=user, port=settings.ssh_port,
+                         host_keys=keys, report=app.warn)
         except (OSError, GcpdlError) as e:
             app.warn(f"Could not update the ssh config entry for {inst.name}: {e}")
 
@@ -72,9 +74,28 @@ def start(app: App, name: str, project: str | None, as_json: bool) -> None:
 
     _validate(name)
     compute = _compute(app, project)
-    inst = lifecycle.start(compute, name, progress=app.say)
+    inst = lifecycle.start(compute, name, progress=app.say, ssh_from=_ssh_source(app))
     refresh_ssh_config(app, [inst])  # a restarted VM usually has a new ephemeral address
     app.emit(inst.summary(), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
+
+
+def _ssh_source(app: App) -> str | None:
+    """The source the SSH rule should allow now (the ssh_from setting, or this laptop's address),
+    or None with a warning when it cannot be found: starting the VM matters more."""
+    from gcpdl.compute import firewall
+    from gcpdl.errors import InvalidInput, GcpdlError
+    from gcpdl.spec import validate_cidr
+
+    settings = app.settings()
+    if settings.ssh_from:
+        return validate_cidr(settings.ssh_from)
+    try:
+        return firewall.ssh_source(None)
+    except InvalidInput:
+        raise
+    except GcpdlError as e:
+        app.warn(f"{e.message} The SSH rule keeps its address; pass it with: gcpdl up NAME --ssh-from CIDR")
+        return None
 
 
 @click.command()
@@ -93,7 +114,7 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
 
     def confirm(what: str) -> bool:
         extra = " and its data disk" if delete_data else ""
-        return click.confirm(f"Delete {what}{extra}? This cannot be undone.", default=False, err=True)
+        return ask(f"Delete {what}{extra}? This cannot be undone.")
 
     result = lifecycle.down(compute, name, delete_data=delete_data, confirm=None if yes else confirm, progress=app.say)
     from gcpdl.pricing import data_disk_reminder, region_of

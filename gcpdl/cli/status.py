@@ -18,7 +18,11 @@ from gcpdl.cli.options import json_option, project_option
 @json_option
 @click.pass_obj
 def status(app: App, name: str | None, project: str | None, as_json: bool) -> None:
-    """Show every gcpdl VM: state, zone, GPU, address, uptime and price per hour."""
+    """Show every gcpdl VM and kept data disk: state, zone, GPU, uptime, price, autostop.
+
+    PRICE is $/h for a running VM (machine + GPUs), and $/month for what bills while nothing
+    runs: a stopped VM's disks, a data disk kept by `down`. The VM's address is in --json.
+    """
     from gcpdl.compute import lifecycle
     from gcpdl.compute.adapter import Compute
 
@@ -28,11 +32,18 @@ def status(app: App, name: str | None, project: str | None, as_json: bool) -> No
         validate_name(name)
     factory = app.factory(project=project)
     compute = Compute(factory, factory.project())
-    found = lifecycle.status(compute, name)
+    report = lifecycle.status_report(compute, name)
+    found = report.vms
     from gcpdl.cli.lifecycle import refresh_ssh_config
 
     refresh_ssh_config(app, [s.instance for s in found])
-    rows = [s.as_dict() for s in found]
+    rows = report.rows()
+    warned: set[str] = set()
+    for s in found:
+        for rule in s.open_to_world:
+            if not rule.harmless and rule.rule not in warned:
+                warned.add(rule.rule)
+                app.warn(rule.message())
     app.emit(rows, as_json, _render)
 
 
@@ -43,21 +54,44 @@ def _uptime(seconds: int | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m"
 
 
+# GCE says TERMINATED for a stopped VM (it means "deleted" on AWS); people read STOPPED.
+HUMAN_STATES = {"TERMINATED": "STOPPED"}
+
+
+def human_state(state: str) -> str:
+    return HUMAN_STATES.get(state, state)
+
+
+def _price(r: dict) -> str:
+    if r["kind"] == "vm" and r["state"] == "RUNNING":
+        return f"${r['price_per_hour']:.2f}/h"
+    return f"${r['disk_monthly']:.2f}/mo" if r.get("disk_monthly") is not None else "-"
+
+
 def _render(rows: list[dict]) -> str:
     if not rows:
         return "No gcpdl VMs. Create one with: gcpdl up NAME --gpu t4"
-    header = ("NAME", "STATE", "ZONE", "GPU", "IP", "UPTIME", "$/H", "SPENT", "DISKS $/MO")
+    header = ("NAME", "STATE", "ZONE", "GPU", "UPTIME", "PRICE", "SPENT", "AUTOSTOP")
     table = [header]
     for r in rows:
-        gpu = f"{r['gpu']}:{r['gpu_count']}" if r["gpu"] else "-"
-        state = r["state"] + (" (spot)" if r["spot"] else "")
-        table.append((r["name"], state, r["zone"], gpu, r["external_ip"] or "-", _uptime(r["uptime_s"]),
-                      f"{r['price_per_hour']:.2f}" if r["state"] == "RUNNING" else "-",
-                      f"{r['spend_since_start']:.2f}" if r.get("spend_since_start") is not None else "-",
-                      f"{r['disk_monthly']:.2f}" if r.get("disk_monthly") is not None else "-"))
+        if r["kind"] == "disk":
+            table.append((r["name"], "DISK ONLY", r["zone"], "-", "-", _price(r), "-", "-"))
+            continue
+        gpu = (r["gpu"] if r["gpu_count"] == 1 else f"{r['gpu']}:{r['gpu_count']}") if r["gpu"] else "-"
+        table.append((r["name"], human_state(r["state"]), r["zone"], gpu + ("*" if r["spot"] else ""), _uptime(r["uptime_s"]),
+                      _price(r), f"${r['spend_since_start']:.2f}" if r.get("spend_since_start") is not None else "-",
+                      r["autostop"]))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    if any(r.get("spot") for r in rows):
+        lines.append("* Spot VM: cheaper, and Google may stop it at any time.")
     for r in rows:
         if r.get("autostop_reason"):
             lines.append(f"{r['name']}: stopped by autostop ({r['autostop_reason']})")
+    for r in rows:
+        if r["kind"] == "disk":
+            from gcpdl.cost import delete_hint
+
+            hint = delete_hint(r["name"], r["zone"], (v["name"] for v in rows if v["kind"] == "vm"))
+            lines.append(f"{r['name']}: kept data disk, ${r['disk_monthly']:.2f}/month until: {hint}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ import click
 
 from gcpdl.cli.app import App
 from gcpdl.cli.options import complete_vm_names, dry_run_option, json_option, project_option, zone_option
-from gcpdl.errors import InvalidInput, SyncError
+from gcpdl.errors import InvalidInput, SyncError, SyncIncomplete
 
 LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
@@ -55,7 +55,8 @@ def sync(
     """Copy gs://BUCKET[/PREFIX] to DEST, verified with CRC32C, resumable.
 
     Re-running fetches only what is missing or changed. PREFIX is treated as a folder:
-    gs://b/train copies the objects under train/ into DEST.
+    gs://b/train copies the objects under train/ into DEST. Exit status 3: the sync ran to its
+    end but some objects are not in DEST (named in the warnings; --json says "complete": false).
 
     \b
     gcpdl sync gs://my-data/imagenet ./imagenet --local
@@ -71,6 +72,7 @@ def sync(
         raise InvalidInput(f"--jobs must be between 1 and 4096 (got {jobs}).")
     if slice_size < (1 << 20):
         raise InvalidInput("--slice-size must be at least 1 MiB.")
+    _check_values(retry_base, billing_project, on_vm)
     if not local:
         _on_vm(app, url, source, dest, on_vm, project, zone, as_json, [
             *(["--jobs", str(jobs)] if jobs != 64 else []),
@@ -113,10 +115,9 @@ def sync(
         reporter.close()
     data = summary.as_dict()
     app.emit(data, as_json, _human)
-    if summary.failures:
-        names = ", ".join(f"{f.name} ({f.reason})" for f in summary.failures[:5])
-        more = f" and {len(summary.failures) - 5} more" if len(summary.failures) > 5 else ""
-        raise SyncError(f"{len(summary.failures)} object(s) failed: {names}{more}.", fix="Re-run to retry them.")
+    incomplete = summary.incomplete()
+    if incomplete is not None:
+        raise incomplete  # exit 3: the summary is printed, but DEST is not a full copy
 
 
 def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, project, zone, as_json: bool, flags: list[str]) -> None:
@@ -158,7 +159,7 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
         app.emit(result.summary, as_json, _human)
     if result.exit_code != 0:
         err = SyncError(f"On VM {name}: {result.error}")
-        err.exit_code = result.exit_code if result.exit_code in (1, 2) else 1
+        err.exit_code = result.exit_code if result.exit_code in (1, 2, SyncIncomplete.exit_code) else 1
         raise err
 
 
@@ -258,3 +259,21 @@ class _Reporter:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _check_values(retry_base: float, billing_project: str | None, on_vm: str | None) -> None:
+    """The values that reach a request or the VM's command line, checked before any (issue 9)."""
+    import math
+
+    from gcpdl.settings import escaped, parse_project
+    from gcpdl.spec import validate_name
+
+    if not (math.isfinite(retry_base) and 0 < retry_base <= 60):
+        raise InvalidInput(f"--retry-base must be more than 0 and at most 60 seconds (got {retry_base:g}).")
+    if billing_project is not None:
+        try:
+            parse_project(billing_project)
+        except ValueError as e:
+            raise InvalidInput(f"Invalid --billing-project '{escaped(billing_project)}': {e}.") from None
+    if on_vm is not None:
+        validate_name(on_vm)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from gcpdl.cli.app import App
@@ -26,6 +24,8 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default: 60m).")
 @click.option("--max-hours", metavar="2h|90m", help="Stop the VM after this long running, whatever happens (a number alone is hours).")
 @click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
+@click.option("--network", metavar="NAME", help="VPC network for the VM and its firewall rules (default: default).")
+@click.option("--subnet", metavar="NAME", help="Subnetwork in the zone's region (default: the region's own or only one).")
 @click.option("--wait/--no-wait", default=True,
               help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect (default: --wait).")
 @zone_option
@@ -35,7 +35,7 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @dry_run_option
 @click.pass_obj
 def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk, spot,
-       autostop, max_hours, ssh_from, wait, zone, project, yes, as_json, dry_run) -> None:
+       autostop, max_hours, ssh_from, network, subnet, wait, zone, project, yes, as_json, dry_run) -> None:
     """Create the VM NAME (or start it again if it is stopped) and print how to reach it.
 
     \b
@@ -47,21 +47,26 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     from gcpdl.compute import lifecycle
 
     max_hours = parse_hours(max_hours)
+    settings = app.settings(project=project, zone=zone)
     vm = specs.build_spec(
         name, gpu=gpu, cpu_only=cpu_only, machine=machine, image_family=image_family, image_project=image_project,
         disk=disk, disk_type=disk_type, data_disk=data_disk, spot=spot, autostop=autostop, max_hours=max_hours,
-        ssh_from=ssh_from,
+        ssh_from=ssh_from, network=network or settings.network, subnet=subnet or settings.subnet,
     )
     if vm.machine_type in specs.SPOT_ONLY_MACHINES and not vm.spot:
         app.warn(f"{vm.machine_type} is sold only as Spot or Flex-start capacity; add --spot if creation is refused.")
-    settings = app.settings(project=project, zone=zone)
     candidates = _candidates(settings.zone, settings.zones)
     first = lifecycle.first_zone(None, candidates)
     for z in candidates:
         specs.validate_zone(z)
+    from gcpdl.compute import firewall
+
     source = vm.ssh_from or (specs.validate_cidr(settings.ssh_from) if settings.ssh_from else None)
-    if source is not None and _world(source):
-        app.warn(f"SSH will be open to the whole internet ({source}); prefer your own address.")
+    if source is None:
+        given = firewall.my_ip_from_env()  # checked now: a bad GCPDL_MY_IP is an input error, dry-run or not
+        source = f"{given}/32" if given else None
+    if source is not None and firewall.width_warning(source):
+        app.warn(firewall.width_warning(source))
 
     if dry_run:
         if not settings.project:
@@ -71,14 +76,12 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
                 "No Google Cloud project set (a dry run looks nothing up).",
                 fix="Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID",
             )
-        if source is None:
-            my_ip = os.environ.get("GCPDL_MY_IP")
-            source = f"{my_ip}/32" if my_ip else DRY_RUN_IP
-        plan = lifecycle.plan(settings.project, first, vm, source)
+        login, found = _oslogin_for_plan(app, project, zone)
+        plan = lifecycle.plan(settings.project, first, vm, source or DRY_RUN_IP, login=login)
+        plan.oslogin = found
         app.emit(plan.as_dict(), as_json, _render_plan)
         return
 
-    from gcpdl.compute import firewall
     from gcpdl.compute.adapter import Compute, prefetch
 
     prefetch()
@@ -96,6 +99,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         confirm=None if yes else waits.paused(_confirm),
         confirm_above=settings.confirm_above,
         ready=_ready_step(factory, waits) if wait else None,
+        network_given=vm.network != "default",  # a missing `default` gets the fix that creates it
     )
     try:
         result = lifecycle.up(ctx, vm)
@@ -110,7 +114,31 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         app.say(f"{result.api_calls} Compute API requests.")
     for diff in result.differences:
         app.warn(f"{name} differs from what you asked for: {diff}. `gcpdl down {name}` and `up` again to change it.")
-    app.emit(result.as_dict(), as_json, _render_result)
+    from gcpdl.cost import upkeep
+
+    money = upkeep(compute, result.instance, vm.disks() if result.action == "created" else None)
+    app.emit({**result.as_dict(), **money.as_dict()}, as_json, _render_result)
+
+
+def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
+    """(gcpdl.oslogin.Login or None, what the plan says about OS Login). Read only (never a key
+    import), and only when credentials exist: with no Google account the dry-run stays offline."""
+    from gcpdl.clients import adc_available
+    from gcpdl.errors import GcpdlError
+
+    if not adc_available():
+        return None, {"checked": False, "enabled": None, "user": None,
+                      "detail": "not checked (no Google credentials); the plan assumes it is off"}
+    from google.auth.exceptions import GoogleAuthError
+
+    from gcpdl.ssh.target import login_user
+
+    try:
+        login = login_user(app.factory(project=project, zone=zone), {}, write=False)
+    except (GcpdlError, GoogleAuthError) as e:
+        reason = e.message if isinstance(e, GcpdlError) else str(e).splitlines()[0][:160]
+        return None, {"checked": False, "enabled": None, "user": None, "detail": f"could not check: {reason.rstrip('.')}"}
+    return login, {"checked": True, "enabled": login.oslogin, "user": login.user or None, "detail": login.detail}
 
 
 def _ready_step(factory, waits: "WaitLine"):
@@ -287,14 +315,10 @@ def _candidates(zone: str | None, zones: list[str]) -> list[str]:
     return out
 
 
-def _world(cidr: str) -> bool:
-    from gcpdl.compute.firewall import is_open_to_world
-
-    return is_open_to_world(cidr)
-
-
 def _confirm(price: float) -> bool:
-    return click.confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?", default=False, err=True)
+    from gcpdl.cli.options import confirm
+
+    return confirm(f"This VM costs about ${price:.2f}/h while it runs. Create it?")
 
 
 def _render_plan(plan: dict) -> str:
@@ -314,7 +338,9 @@ def _render_plan(plan: dict) -> str:
         stops.append(f"after {plan['max_hours']:g} h running at most")
     lines += [
         f"  stops     {', '.join(stops)}",
-        f"  ssh       tcp:22 from {plan['ssh_from']} only (Jupyter through the SSH tunnel)",
+        f"  network   {plan['network']}{' subnet ' + plan['subnet'] if plan['subnet'] else ''}",
+        f"  ssh       tcp:22 from {plan['ssh_from']} only, denied to everyone else (Jupyter through the SSH tunnel)",
+        f"  os login  {_oslogin_line(plan.get('oslogin'))}",
         f"  price     ${plan['price_per_hour']:.2f}/h while running",
         "  requests:",
     ]
@@ -324,19 +350,40 @@ def _render_plan(plan: dict) -> str:
     return "\n".join(lines)
 
 
+def _oslogin_line(found: dict | None) -> str:
+    if not found or not found["checked"] or not found["enabled"]:
+        detail = found["detail"] if found else "not checked"
+        return f"{detail}: gcpdl's key goes in the VM's ssh-keys metadata"
+    user = found["user"] or "the POSIX user OS Login creates at the first key import"
+    return f"{found['detail']}: gcpdl's key goes into your OS Login profile (expires after 24 h), login as {user}"
+
+
 def _render_result(r: dict) -> str:
+    from gcpdl.autostop import window_label
+
+    name = r["name"]
     gpu = f"{r['gpu_count']} x {r['gpu']}" if r["gpu"] else "none"
     verb = {"created": "Created", "started": "Started", "reused": "Already running:"}[r["action"]]
     lines = [
-        f"{verb} {r['name']} in {r['zone']}",
+        f"{verb} {name} in {r['zone']}",
         f"  machine   {r['machine_type']}  GPU {gpu}{'  (Spot)' if r['spot'] else ''}",
         f"  address   {r['external_ip'] or '-'}  (SSH from {r['ssh_from']})",
         f"  price     ${r['price_per_hour']:.2f}/h while running",
     ]
+    if r.get("disk_monthly") is not None:
+        which = f"boot + data disk {r['data_disk']}" if r.get("data_disk") else "boot disk"
+        lines.append(f"  disks     ${r['disk_monthly']:.2f}/month, running or stopped ({which})")
+    if r.get("autostop_minutes"):
+        lines.append(f"  autostop  after {window_label(r['autostop_minutes'])} idle; change it: gcpdl autostop {name} 2h|off")
+    elif "autostop_minutes" in r:
+        lines.append(f"  autostop  off: it runs (and bills) until you stop it; set: gcpdl autostop {name} 1h")
+    if r.get("data_dir"):
+        lines.append(f"  data      gcpdl sync gs://BUCKET/DIR lands in {r['data_dir']}/DIR (Jupyter: data/DIR)")
     ready = r.get("ready") or {}
     if isinstance(ready, dict) and ready.get("ssh"):
         lines.append(f"  ssh       {ready['ssh']}")
     if isinstance(ready, dict) and ready.get("jupyter"):
         lines.append(f"  jupyter   {ready['jupyter']}")
-    lines.append(f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}")
+    down = f"gcpdl down {name}" + (" --delete-data" if r.get("data_disk") else "")
+    lines.append(f"Stop the GPU bill: gcpdl stop {name}. Stop every bill: {down}")
     return "\n".join(lines)

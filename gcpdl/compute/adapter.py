@@ -252,11 +252,15 @@ class Compute:
         import requests
         from google.auth import exceptions as gexc
 
+        from gcpdl.clients import clip, token_error
+
         fix = "Run: gcloud auth application-default login"
         if isinstance(e, gexc.DefaultCredentialsError):
-            raise CredentialsError(f"No Google credentials found ({str(e).splitlines()[0][:160]}).", fix=fix) from None
-        if isinstance(e, gexc.RefreshError):
-            raise CredentialsError(f"Could not get an access token: {str(e).splitlines()[0][:200]}", fix=fix) from None
+            raise CredentialsError(f"No Google credentials found ({clip(str(e).splitlines()[0], 160)}).", fix=fix) from None
+        token_uri = getattr(getattr(self.factory, "_credentials", None), "_token_uri", None)
+        refused = token_error(e, token_uri)
+        if isinstance(e, gexc.RefreshError) and isinstance(refused, CredentialsError):
+            raise refused from None  # Google said no: no use retrying
         if attempt + 1 < CONNECT_ATTEMPTS:
             deadline.pause(backoff(attempt, self.backoff_base))
             return
@@ -265,7 +269,7 @@ class Compute:
                 f"Cannot reach Compute Engine at {self.factory.compute_endpoint} ({type(e).__name__}).",
                 fix="Check your network, or GCPDL_COMPUTE_ENDPOINT if you set one.",
             ) from None
-        raise CredentialsError(f"Could not get an access token ({type(e).__name__}: {str(e).splitlines()[0][:160]}).", fix=fix) from None
+        raise refused from None
 
     def wait(self, op: dict[str, Any], deadline: Deadline, what: str = "") -> dict[str, Any]:
         """Wait for an operation with the operations client's server-side ``wait``, re-asking at

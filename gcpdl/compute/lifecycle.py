@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from gcpdl.compute import firewall as fw
 from gcpdl.compute import lookup
+from gcpdl.compute import network as nw
 from gcpdl.compute import quota as qt
 from gcpdl.compute import requests as rq
 from gcpdl.compute import zones as zn
@@ -46,6 +47,8 @@ class Plan:
     requests: list[ApiCall]
     price_per_hour: float
     ssh_from: str
+    # OS Login as the dry-run found it: {"checked", "enabled", "user", "detail"}
+    oslogin: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,20 +66,34 @@ class Plan:
             "max_hours": self.spec.max_hours,
             "price_per_hour": self.price_per_hour,
             "ssh_from": self.ssh_from,
+            "network": self.spec.network,
+            "subnet": self.spec.subnet,
+            "oslogin": self.oslogin,
             "requests": [c.to_json() for c in self.requests],
         }
 
 
 def price_for(spec: VmSpec, zone: str) -> float:
-    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot, spec.disks()).total
+    """$/h while running: machine + GPUs, the part `stop` saves (disks are priced per month)."""
+    return hourly_price(spec.machine_type, spec.gpu, spec.gpu_count, region_of(zone), spec.spot).running
 
 
-def startup_for(spec: VmSpec) -> str:
+def startup_for(spec: VmSpec, user: str | None = None) -> str:
+    """The startup script; ``user`` runs Jupyter (the OS Login POSIX user where OS Login is on)."""
     from gcpdl.startup import StartupOptions, render_startup_script
 
     return render_startup_script(
-        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes)
+        StartupOptions(data_disk=bool(spec.data_disk_gb), gpu=bool(spec.gpu), autostop_minutes=spec.autostop_minutes,
+                       **({"user": user} if user else {}))
     )
+
+
+def login_extras(spec: VmSpec, login: Any = None) -> tuple[str, str]:
+    """(ssh-keys, startup-script) metadata for a new VM. With OS Login (``login``, a
+    gcpdl.oslogin.Login) no ssh-keys entry: the key is in the caller's OS Login profile."""
+    if login is not None and login.oslogin:
+        return "", startup_for(spec, login.user)
+    return ssh_keys_entry(), startup_for(spec)
 
 
 def ssh_keys_entry() -> str:
@@ -85,8 +102,11 @@ def ssh_keys_entry() -> str:
     return ensure_keypair().metadata_entry()
 
 
-def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time) -> Plan:
-    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys_entry(), startup_script=startup_for(spec), now=now)
+def plan(project: str, zone: str, spec: VmSpec, ssh_from: str, now: Callable[[], float] = time.time,
+         login: Any = None) -> Plan:
+    ssh_keys, startup = login_extras(spec, login)
+    calls = rq.plan_create(project, zone, spec, ssh_from, ssh_keys=ssh_keys, startup_script=startup, now=now,
+                           subnet=spec.subnet)
     return Plan(project, zone, spec, calls, price_for(spec, zone), ssh_from)
 
 
@@ -129,6 +149,7 @@ class UpContext:
     # The end of `up` (issue 3): e.g. gcpdl.ssh.ready.wait_ready -- startup progress, SSH with a
     # verified host key, Jupyter, ~/.ssh config. Its return value becomes UpResult.ssh.
     ready: Callable[[Instance, Deadline], Any] | None = None
+    network_given: bool = False  # the user named the network (--network, setting): a missing one is their typo
     inserting: str | None = None  # zone where the instance insert was sent (Ctrl-C may leave a VM)
 
 
@@ -150,10 +171,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     first = ctx.zones[0]
 
     with ThreadPoolExecutor(max_workers=6, thread_name_prefix="gcpdl-read") as pool:
-        # the key pair and the startup script are local work: done while the reads fly
-        f_extras = pool.submit(lambda: (ssh_keys_entry(), startup_for(spec)))
+        # OS Login is decided by the project's metadata (a new VM sets no enable-oslogin)
+        oslogin = compute.factory.oslogin()
+        f_project = pool.submit(_project_doc, oslogin)  # one projects.get: OS Login and GPU quota
         f_existing = pool.submit(find, compute, spec.name, deadline)
         f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
+        f_deny = pool.submit(compute.get_or_none, fw.deny_path(project, spec.name), deadline)
+        f_net = pool.submit(compute.get_or_none, nw.network_path(project, spec.network), deadline)
         # a GPU's zones come with its acceleratorTypes; without one, ask whether the zone exists
         f_offered: Future | None = pool.submit(zn.accelerator_zones, compute, spec.accelerator, deadline) if spec.gpu else None
         f_zone = None if spec.gpu else pool.submit(compute.get_or_none, rq.zone_path(project, first), deadline)
@@ -167,17 +191,17 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
             compute.get_or_none, f"{rq.zone_path(project, first)}/machineTypes/{spec.machine_type}", deadline,
         ) if not _default_machine(spec) else None
         # GPU quota (project-wide, and the first zone's region): checked before anything is created
-        f_quota = [pool.submit(qt.read_project, compute, deadline),
-                   pool.submit(qt.read_region, compute, region_of(first), deadline)] if spec.gpu else []
+        f_quota = pool.submit(qt.read_region, compute, region_of(first), deadline) if spec.gpu else None
         existing = f_existing.result()
         if existing is not None:
-            return _reuse(ctx, spec, existing, f_rule.result())
+            return _reuse(ctx, spec, existing, f_rule.result(), f_deny.result())
         offered = f_offered.result() if f_offered else None
         image = f_image.result()
-        rule = f_rule.result()
+        rule, deny = f_rule.result(), f_deny.result()
+        net_doc = f_net.result()
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
-        extras = f_extras.result()
+        project_doc = f_project.result()
 
     if f_zone is not None and f_zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
@@ -198,9 +222,14 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         first = pinned
     else:
         queue = zn.next_zones(first, ctx.zones, offered, spec)
-    if f_quota:
-        known = {region_of(ctx.zones[0]): f_quota[1].result()}
-        placed = qt.place(compute, spec, first, queue, f_quota[0].result(), known, deadline)
+    # the network (and in a custom-mode VPC the subnet) for the zone the VM starts in; failover
+    # stays in regions the choice covers
+    choice = nw.choose(project, spec.network, spec.subnet, net_doc, first, ctx.network_given)
+    queue = [z for z in queue if choice.usable(z)]
+    if f_quota is not None:
+        known = {region_of(ctx.zones[0]): f_quota.result()}
+        project_quotas = None if project_doc is None else project_doc.get("quotas") or []
+        placed = qt.place(compute, spec, first, queue, project_quotas, known, deadline)
         if placed.skipped:
             ctx.attempts.append(ZoneAttempt(placed.skipped[0], "quota", placed.skipped[1]))
             ctx.progress(f"  {placed.skipped[0]}: {placed.skipped[1]} Skipping region {region_of(placed.skipped[0])}.")
@@ -211,30 +240,47 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
         raise Aborted("Nothing created.")
+    # With OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys) and the
+    # startup script runs Jupyter as their POSIX user. Only now: a refused `up` imports nothing.
+    if oslogin.setting({}).enabled:
+        oslogin.require_roles_for_new_vm()
+    extras = login_extras(spec, oslogin.login({}))
 
-    # The firewall rule is not needed until SSH; create it beside the VM, off the critical path.
-    rule_call = fw.plan_rule(project, spec.name, ctx.ssh_from, rule)
+    # The allow rule is not needed until SSH; create it beside the VM, off the critical path.
+    # The deny rule must exist before the VM does: a project's default-allow-ssh would otherwise
+    # open the VM to the whole internet from its first second.
+    rule_call = fw.plan_rule(project, spec.name, ctx.ssh_from, rule, spec.network)
+    deny_call = fw.plan_deny(project, spec.name, deny, spec.network)
     calls_needed = ["instances.insert", "instances.delete"] + (["disks.insert", "disks.delete"] if spec.data_disk_gb else [])
-    if rule_call:
+    if rule_call or deny_call:
         calls_needed += ["firewalls.insert", "firewalls.patch", "firewalls.delete"]
     compute.clients_for(calls_needed)
     create_deadline = compute.new_deadline(CREATE_TIMEOUT, f"{spec.name} to be created")
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, create_deadline) if rule_call else None
+        f_deny = pool.submit(fw.apply, compute, spec.name, deny_call, create_deadline) if deny_call else None
         try:
-            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras)
+            # a data disk is made while the deny rule's operation runs; the instance waits for it
+            before_insert = f_deny.result if f_deny is not None else None
+            created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras, choice,
+                                       before_insert)
         except KeyboardInterrupt:
-            if ctx.inserting is None:  # no create request went out: nothing bills, undo the rule
+            if ctx.inserting is None:  # no create request went out: nothing bills, undo the rules
                 if _settle(f_fw):
                     _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
+                if _settle(f_deny):
+                    _cleanup(ctx, rq.deny_delete(project, spec.name), f"firewall rule {rq.deny_rule_name(spec.name)}")
                 raise
             # The VM was asked for and will run (and bill) without us: never leave it without its
             # SSH rule silently. Let the rule's own request finish, then say what exists.
             rule_ok = f_fw is None or f_fw.exception() is None
             raise UpInterrupted(spec.name, ctx.inserting, price_for(spec, ctx.inserting), rule_ok, rq.firewall_name(spec.name)) from None
         except BaseException:
-            if _settle(f_fw):  # only a rule this run created is removed
+            # only rules this run created are removed
+            if _settle(f_fw):
                 _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
+            if _settle(f_deny):
+                _cleanup(ctx, rq.deny_delete(project, spec.name), f"firewall rule {rq.deny_rule_name(spec.name)}")
             raise
         if f_fw is not None:
             f_fw.result()  # a failed rule is an error: the VM exists but SSH would be closed
@@ -248,6 +294,19 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         ssh_from=ctx.ssh_from,
     )
     return _finish(ctx, result)
+
+
+def _project_doc(oslogin: Any) -> dict[str, Any] | None:
+    """Compute's project resource, read once for OS Login (commonInstanceMetadata) and the GPU
+    quota (quotas). None when the caller may not read it: quota is then left to the insert's own
+    error, and OS Login to the project's default (off) with the instance's own metadata deciding."""
+    from gcpdl.errors import PermissionDenied
+
+    try:
+        return oslogin.project_info()
+    except PermissionDenied:
+        oslogin.remember_project({})
+        return None
 
 
 READY_TIMEOUT = 900.0  # first boot installs the NVIDIA driver: minutes, not seconds
@@ -293,9 +352,11 @@ def _cleanup(ctx: UpContext, call: ApiCall, what: str) -> None:
 
 
 def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str], deadline: Deadline,
-                     known_disk_zones: tuple[str, ...], extras: tuple[str, str]) -> str:
+                     known_disk_zones: tuple[str, ...], extras: tuple[str, str], choice: nw.NetworkChoice | None = None,
+                     before_insert: Callable[[], Any] | None = None) -> str:
     """Try ``first``, then ``queue`` on stockout / regional quota. Returns the zone used.
-    ``extras`` is (ssh-keys, startup-script), the metadata the dry-run shows too."""
+    ``extras`` is (ssh-keys, startup-script), the metadata the dry-run shows too;
+    ``before_insert`` runs (and may raise) before every instance insert: the deny rule's wait."""
     compute, project = ctx.compute, ctx.compute.project
     tried: set[str] = set()
     skip_regions: set[str] = set()
@@ -314,7 +375,10 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
                 if existing is None:
                     compute.run(rq.data_disk_insert(project, zone, spec), deadline)
                     created_disk = True
-            body = rq.instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup, now=ctx.now())
+            body = rq.instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup, now=ctx.now(),
+                                    subnet=choice.subnet_for(zone) if choice else spec.subnet)
+            if before_insert is not None:
+                before_insert()
             ctx.inserting = zone  # from here a Ctrl-C may leave a VM behind (UpInterrupted says so)
             compute.run(rq.instance_insert(project, zone, body), deadline)
             ctx.attempts.append(ZoneAttempt(zone, "created"))
@@ -335,7 +399,7 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
                 ctx.attempts.append(ZoneAttempt(zone, "stockout", "no capacity for this VM right now"))
                 ctx.progress(f"  {zone}: out of capacity for {spec.machine_type}{' + ' + spec.gpu_label if spec.attached_gpu else ''}.")
             available = api.zones_available if api is not None else []
-            queue = zn.reorder(queue, available, tried, skip_regions)
+            queue = [z for z in zn.reorder(queue, available, tried, skip_regions) if choice is None or choice.usable(z)]
             if len(tried) >= zn.MAX_ZONE_ATTEMPTS:
                 queue = []
             zone = queue.pop(0) if queue else None
@@ -366,17 +430,22 @@ def differences(spec: VmSpec, inst: Instance) -> list[str]:
     return out
 
 
-def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None) -> UpResult:
-    """`up` on a VM that exists: never a duplicate. Start it if stopped; refresh the SSH rule."""
+def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny: dict | None = None) -> UpResult:
+    """`up` on a VM that exists: never a duplicate. Start it if stopped; refresh the SSH rule
+    and put the deny rule back if it is missing or changed (before starting a stopped VM)."""
     compute = ctx.compute
     if not inst.managed:
         raise InvalidInput(f"A VM named {spec.name} already exists in {inst.zone} and was not created by gcpdl; choose another name.")
     diffs = differences(spec, inst)
-    rule_call = fw.plan_rule(compute.project, spec.name, ctx.ssh_from, rule)
+    rule_call = fw.plan_rule(compute.project, spec.name, ctx.ssh_from, rule, inst.network)
+    deny_call = fw.plan_deny(compute.project, spec.name, deny, inst.network)
     deadline = compute.new_deadline(START_TIMEOUT, f"{spec.name} to start")
     action = "reused"
-    if rule_call is not None:
+    if rule_call is not None or deny_call is not None:
         compute.clients_for(["firewalls.insert", "firewalls.patch"])
+    if deny_call is not None:
+        fw.apply(compute, spec.name, deny_call, deadline)
+        ctx.progress(f"Restored the firewall rule {deny_call.resource} that keeps SSH to {spec.name} closed to everyone else.")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
         f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, deadline) if rule_call else None
         if inst.status in ("RUNNING",):
@@ -401,8 +470,8 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None) -> U
 
 
 def _price_of(inst: Instance) -> float:
-    return hourly_price(inst.machine_type, inst.gpu, inst.gpu_count, region_of(inst.zone), inst.spot,
-                        ((inst.boot_disk_gb or 0, "pd-balanced"),)).total
+    """The same figure as ``price_for`` and `cost`'s running price, for a VM that exists."""
+    return hourly_price(inst.machine_type, inst.gpu, inst.gpu_count, region_of(inst.zone), inst.spot).running
 
 
 # --- start / stop / down ------------------------------------------------------------------
@@ -458,9 +527,15 @@ def _wait_quietly(compute: Compute, op: dict | None, deadline: Deadline) -> None
         pass  # the run log is for cost estimates; a lost line must not fail start/stop
 
 
-def start(compute: Compute, name: str, now: Callable[[], float] = time.time, progress: Progress = _quiet) -> Instance:
+def start(compute: Compute, name: str, now: Callable[[], float] = time.time, progress: Progress = _quiet,
+          ssh_from: str | None = None) -> Instance:
+    """Start the VM. Its SSH rules first: the allow rule follows ``ssh_from`` (the caller's
+    address moves between networks; None leaves it alone) and a missing deny rule comes back
+    before the VM runs."""
     deadline = compute.new_deadline(START_TIMEOUT, f"{name} to start")
     inst = require(compute, name, deadline)
+    if inst.managed:
+        fw.ensure_rules(compute, name, ssh_from, deadline, inst.network, progress)
     if inst.status != "RUNNING":
         progress(f"Starting {name} in {inst.zone}...")
     inst = _start(compute, inst, deadline, now)
@@ -534,13 +609,16 @@ def down(
         _append_runlog(compute, inst, "stop", now(), deadline)
     progress(f"Deleting {name} in {zone}...")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
-        f_fw = pool.submit(_delete_rule, compute, name, deadline)
+        f_fw = pool.submit(_delete_rule, compute, rq.firewall_name(name), deadline)
         compute.run(rq.instance_delete(project, zone, name), deadline)
         lookup.forget(compute, name)
         if inst.disks:
             deleted.append(f"boot disk {inst.disks[0]}")
         if f_fw.result():
             deleted.append(f"firewall rule {rq.firewall_name(name)}")
+    # the deny rule goes last, once the VM is gone: until then it keeps the world out
+    if _delete_rule(compute, rq.deny_rule_name(name), deadline):
+        deleted.append(f"firewall rule {rq.deny_rule_name(name)}")
     if has_data:
         if delete_data:
             compute.run(rq.disk_delete(project, zone, data_disk), deadline)
@@ -555,17 +633,21 @@ def _down_leftovers(compute: Compute, name: str, delete_data: bool, confirm: Cal
                     deadline: Deadline, progress: Progress) -> DownResult:
     """The VM is gone (deleted in the console, or an `up` that died half-way): remove its SSH rule,
     and its data disk if asked, so nothing gcpdl made for it lingers."""
-    rule = compute.get_or_none(fw.rule_path(compute.project, name), deadline)
-    disks = compute.aggregated("disks", deadline, filter=f"name = {name}-data")
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="gcpdl-read") as pool:
+        f_rules = [pool.submit(compute.get_or_none, path, deadline) for path in
+                   (fw.rule_path(compute.project, name), fw.deny_path(compute.project, name))]
+        disks = compute.aggregated("disks", deadline, filter=f"name = {name}-data")
+        rules = [r["name"] for r in (f.result() for f in f_rules) if r is not None]
     disk_zone = next((z for z, items in disks.items() if items), None)
-    if rule is None and disk_zone is None:
+    if not rules and disk_zone is None:
         raise NotFound(f"No VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
-    if rule is not None and confirm is not None and not confirm(f"what is left of {name} (its SSH firewall rule)"):
+    if rules and confirm is not None and not confirm(f"what is left of {name} (its SSH firewall rules)"):
         raise Aborted("Nothing deleted.")
     progress(f"No VM named {name}; removing what is left of it.")
     deleted, kept = [], []
-    if rule is not None and _delete_rule(compute, name, deadline):
-        deleted.append(f"firewall rule {rq.firewall_name(name)}")
+    for rule in rules:
+        if _delete_rule(compute, rule, deadline):
+            deleted.append(f"firewall rule {rule}")
     if disk_zone is not None:
         if delete_data:
             compute.run(rq.disk_delete(compute.project, disk_zone, f"{name}-data"), deadline)
@@ -576,11 +658,11 @@ def _down_leftovers(compute: Compute, name: str, delete_data: bool, confirm: Cal
     return DownResult(name, disk_zone or "", deleted, kept)
 
 
-def _delete_rule(compute: Compute, name: str, deadline: Deadline) -> bool:
+def _delete_rule(compute: Compute, rule: str, deadline: Deadline) -> bool:
     from gcpdl.errors import NotFound as _NF
 
     try:
-        compute.run(rq.firewall_delete(compute.project, name), deadline)
+        compute.run(rq.rule_delete(compute.project, rule), deadline)
         return True
     except _NF:
         return False
@@ -594,6 +676,7 @@ class VmStatus:
     uptime_s: float | None
     autostop_reason: str | None = None
     disk_monthly: float | None = None  # stopped VMs: what their disks still cost a month
+    open_to_world: list[fw.OpenRule] = field(default_factory=list)  # other rules that let the internet in
 
     @property
     def spend_since_start(self) -> float | None:
@@ -602,45 +685,116 @@ class VmStatus:
             return None
         return round(self.price_per_hour * self.uptime_s / 3600.0, 2)
 
+    @property
+    def autostop_minutes(self) -> int | None:
+        from gcpdl.autostop import window_minutes
+
+        return window_minutes(self.instance.metadata)
+
     def as_dict(self) -> dict[str, Any]:
+        from gcpdl.autostop import window_label
+
         return {
+            "kind": "vm",
             **self.instance.summary(),
             "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
             "price_per_hour": self.price_per_hour,
             "spend_since_start": self.spend_since_start,
             "disk_monthly": self.disk_monthly,
+            "autostop": window_label(self.autostop_minutes),
+            "autostop_minutes": self.autostop_minutes,
             "autostop_reason": self.autostop_reason,
+            "open_to_world": [o.as_dict() for o in self.open_to_world if not o.harmless],
         }
 
 
+@dataclass
+class KeptDisk:
+    """A gcpdl data disk attached to no VM (kept by `down`): it bills every month."""
+
+    name: str
+    zone: str
+    size_gb: int
+    disk_type: str
+    disk_monthly: float
+    vm: str | None  # the VM it was made for (label gcpdl-vm)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": "disk", **asdict(self)}
+
+
+@dataclass
+class StatusReport:
+    vms: list[VmStatus]
+    kept_disks: list[KeptDisk] = field(default_factory=list)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [v.as_dict() for v in self.vms] + [d.as_dict() for d in self.kept_disks]
+
+
 def status(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> list[VmStatus]:
+    return status_report(compute, name, now).vms
+
+
+def status_report(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> StatusReport:
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
-    vms = list_managed(compute, deadline)
-    lookup.remember(compute, *vms)
-    if name is not None:
-        vms = [v for v in vms if v.name == name]
-        if not vms:
-            raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
-    stopped = [v for v in vms if v.status in STOPPED_STATES]
     preempted: dict[str, Future] = {}
     reasons: dict[str, Future] = {}
-    disks: Future | None = None
-    if stopped:
-        # every extra read at once: status waits for one round trip after the list, not one per VM
-        with ThreadPoolExecutor(max_workers=min(8, 2 * len(stopped) + 1), thread_name_prefix="gcpdl-status") as pool:
-            # stopped VMs still pay for their disks: the disks' own sizes and types price them
-            disks = pool.submit(_disks_by_zone, compute, deadline)
-            for v in stopped:
-                reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
-                if v.spot:
-                    preempted[v.name] = pool.submit(_was_preempted, compute, v, deadline)
+    # every extra read at once: status waits for one round trip after the list, not one per VM.
+    # The disk list goes alongside the VM list (stopped VMs and kept data disks still bill), and
+    # so do the project's firewall rules (which open VMs to the world).
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcpdl-status") as pool:
+        disks = pool.submit(_disks_by_zone, compute, deadline)
+        f_rules = pool.submit(_rules_or_none, compute, deadline)
+        vms = list_managed(compute, deadline)
+        lookup.remember(compute, *vms)
+        if name is not None:
+            vms = [v for v in vms if v.name == name]
+        stopped = [v for v in vms if v.status in STOPPED_STATES]
+        for v in stopped:
+            reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
+            if v.spot:
+                preempted[v.name] = pool.submit(_was_preempted, compute, v, deadline)
+        kept = _kept_disks(vms, disks.result(), name)
+        rules = f_rules.result()
+    if name is not None and not vms and not kept:
+        raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
     t = now()
     out = []
     for v in vms:
         v.preempted = v.preempted or (v.name in preempted and preempted[v.name].result())
         reason = reasons[v.name].result() if v.name in reasons else None
-        monthly = _disk_monthly(v, disks.result()) if disks is not None and v.status in STOPPED_STATES else None
+        monthly = _disk_monthly(v, disks.result()) if v.status in STOPPED_STATES else None
         out.append(VmStatus(v, _price_of(v) if v.status == "RUNNING" else 0.0, v.uptime(t), reason, monthly))
+    if rules is not None and vms:
+        found = fw.world_open_rules(rules, [(v.name, v.network, v.tags) for v in vms])
+        for row in out:
+            row.open_to_world = [o for o in found if row.instance.name in o.vms]
+    return StatusReport(out, kept)
+
+
+def _rules_or_none(compute: Compute, deadline: Deadline) -> list[dict] | None:
+    try:
+        return fw.list_rules(compute, deadline)
+    except GcpdlError:
+        return None  # best effort: status still answers without the firewall findings
+
+
+def _kept_disks(vms: list[Instance], disks: dict[str, list[dict[str, Any]]] | None, name: str | None) -> list[KeptDisk]:
+    """gcpdl data disks attached to none of ``vms`` (all of them, or VM ``name``'s own)."""
+    if disks is None:
+        return []
+    from gcpdl.cost import disk_monthly_of, loose_disks
+
+    used = {(v.zone, d) for v in vms for d in v.disks}
+    found = loose_disks((d for items in disks.values() for d in items), used, {v.name for v in vms})
+    out = []
+    for d in found:
+        vm = (d.get("labels") or {}).get("gcpdl-vm") or (d["name"][:-5] if d["name"].endswith("-data") else None)
+        if name is not None and vm != name:
+            continue
+        out.append(KeptDisk(d["name"], d["zone"].rsplit("/", 1)[-1], int(d.get("sizeGb") or 0),
+                            (d.get("type") or "pd-balanced").rsplit("/", 1)[-1], disk_monthly_of(d), vm))
     return out
 
 
@@ -655,15 +809,10 @@ def _disk_monthly(inst: Instance, disks: dict[str, list[dict[str, Any]]] | None)
     """Monthly price of the VM's own disks (boot, attached, and its NAME-data disk)."""
     if disks is None:
         return None
-    from gcpdl.pricing import disk_monthly
+    from gcpdl.cost import disk_monthly_of
 
     names = set(inst.disks) | {f"{inst.name}-data"}
-    total = 0.0
-    for d in disks.get(inst.zone, []):
-        if d.get("name") in names:
-            dtype = (d.get("type") or "pd-balanced").rsplit("/", 1)[-1]
-            total += disk_monthly(int(d.get("sizeGb") or 0), dtype, region_of(inst.zone))
-    return round(total, 2)
+    return round(sum(disk_monthly_of(d) for d in disks.get(inst.zone, []) if d.get("name") in names), 2)
 
 
 AUTOSTOP_ATTRIBUTE = "gcpdl/autostop"

@@ -72,6 +72,7 @@ class Instance:
     boot_disk_gb: int | None = None
     instance_id: str | None = None  # the API's numeric id: keys gcpdl's known_hosts (IPs get reused)
     preempted: bool = False  # set from the last operation/status message when Spot was reclaimed
+    network: str = "default"  # the VPC network of its first interface
 
     def summary(self) -> dict[str, Any]:
         """The fields every command's --json shows for a VM, with the same keys everywhere."""
@@ -153,6 +154,7 @@ class Instance:
             disks=[_last(d.get("source")) for d in sorted(disks, key=lambda d: not d.get("boot"))],
             boot_disk_gb=int(boot["diskSizeGb"]) if boot and boot.get("diskSizeGb") else None,
             instance_id=str(data["id"]) if data.get("id") else None,
+            network=_last(nic.get("network")) or "default",
         )
 
 

@@ -61,13 +61,6 @@ def region_shortfall(project: str, region: str, quotas: Quotas | None, gpu: str,
     return quota_shortfall(project, metric, region, found[0], found[1], need)
 
 
-def read_project(compute: Compute, deadline: Deadline) -> Quotas | None:
-    try:
-        return compute.get(f"/compute/v1/projects/{compute.project}", deadline).get("quotas") or []
-    except PermissionDenied:
-        return None
-
-
 def read_region(compute: Compute, region: str, deadline: Deadline) -> Quotas | None:
     try:
         info = compute.get_or_none(f"/compute/v1/projects/{compute.project}/regions/{region}", deadline)
@@ -125,5 +118,5 @@ def place(compute: Compute, spec: VmSpec, first: str, queue: list[str], project_
     return Placement(ok[0], ok[1:], (first, short.message), sorted(without))
 
 
-__all__ = ["ALL_REGIONS", "Placement", "limit_usage", "place", "project_shortfall", "read_all_regions", "read_project",
+__all__ = ["ALL_REGIONS", "Placement", "limit_usage", "place", "project_shortfall", "read_all_regions",
            "read_region", "region_shortfall", "regional_metric"]

@@ -15,6 +15,15 @@ from gcpdl.compute.model import ApiCall
 from gcpdl.spec import SSH_SCOPE, VmSpec
 
 API = "/compute/v1"
+DEFAULT_NETWORK = "default"
+WORLD = "0.0.0.0/0"
+# VPC firewall rules: the lowest priority number that matches wins, and at equal priority a deny
+# beats an allow. gcpdl's allow (the caller's /32) sits at 1000, the per-VM deny (everyone else)
+# at 2000: above the allow, and well below the default network's default-allow-ssh (65534), so
+# the deny shuts that rule for gcpdl's VMs. The gap 1001-1999 is room for allow rules that must
+# still outrank the deny (an intra-cluster rule for --nodes), without renumbering this one.
+ALLOW_PRIORITY = 1000
+DENY_PRIORITY = 2000
 RUNLOG_KEY = "gcpdl-runlog"
 AUTOSTOP_KEY = "gcpdl-autostop"
 RUNLOG_MAX_LINES = 200
@@ -38,6 +47,23 @@ def network_tag(name: str) -> str:
 
 def firewall_name(name: str) -> str:
     return _derived("gcpdl-ssh-", name)
+
+
+def deny_rule_name(name: str) -> str:
+    return _derived("gcpdl-deny-ssh-", name)
+
+
+def network_url(project: str, network: str = DEFAULT_NETWORK) -> str:
+    return f"projects/{project}/global/networks/{network}"
+
+
+def subnet_url(project: str, region: str, subnet: str) -> str:
+    return f"projects/{project}/regions/{region}/subnetworks/{subnet}"
+
+
+def firewall_path(project: str, rule: str | None = None) -> str:
+    base = f"{API}/projects/{project}/global/firewalls"
+    return f"{base}/{rule}" if rule else base
 
 
 def zone_path(project: str, zone: str) -> str:
@@ -76,14 +102,18 @@ def instance_body(
     ssh_keys: str,
     startup_script: str,
     now: float,
+    subnet: str | None = None,
 ) -> dict:
+    """``subnet``: the subnetwork in the zone's region (custom-mode networks need one; auto-mode
+    networks pick the region's own when it is left out)."""
     zone_url = f"projects/{project}/zones/{zone}"
     items = []
     if spec.gpu:
         items.append({"key": "install-nvidia-driver", "value": "True"})
     items += [
         {"key": "enable-guest-attributes", "value": "TRUE"},
-        {"key": "ssh-keys", "value": ssh_keys},
+        # no ssh-keys with OS Login (ssh_keys ""): the key is in the caller's OS Login profile
+        *([{"key": "ssh-keys", "value": ssh_keys}] if ssh_keys else []),
         {"key": "startup-script", "value": startup_script},
         {"key": AUTOSTOP_KEY, "value": str(spec.autostop_minutes) if spec.autostop_minutes else "off"},
         {"key": RUNLOG_KEY, "value": runlog_append(None, "start", now)},
@@ -134,7 +164,8 @@ def instance_body(
         "disks": disks,
         "networkInterfaces": [
             {
-                "network": f"projects/{project}/global/networks/default",
+                "network": network_url(project, spec.network),
+                **({"subnetwork": subnet_url(project, zone.rsplit("-", 1)[0], subnet)} if subnet else {}),
                 "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT", "networkTier": "PREMIUM"}],
             }
         ],
@@ -164,33 +195,70 @@ def data_disk_insert(project: str, zone: str, spec: VmSpec) -> ApiCall:
     return ApiCall("disks.insert", "POST", f"{zone_path(project, zone)}/disks", body, project, zone, spec.data_disk_name)
 
 
-def firewall_body(project: str, name: str, source: str) -> dict:
+def firewall_body(project: str, name: str, source: str, network: str = DEFAULT_NETWORK) -> dict:
     return {
         "name": firewall_name(name),
         "description": f"gcpdl: SSH to {name} from {source} only",
-        "network": f"projects/{project}/global/networks/default",
+        "network": network_url(project, network),
         "direction": "INGRESS",
-        "priority": 1000,
+        "priority": ALLOW_PRIORITY,
         "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
         "sourceRanges": [source],
         "targetTags": [network_tag(name)],
     }
 
 
-def firewall_insert(project: str, name: str, source: str) -> ApiCall:
-    body = firewall_body(project, name, source)
-    return ApiCall("firewalls.insert", "POST", f"{API}/projects/{project}/global/firewalls", body, project, None, body["name"])
+def firewall_insert(project: str, name: str, source: str, network: str = DEFAULT_NETWORK) -> ApiCall:
+    body = firewall_body(project, name, source, network)
+    return ApiCall("firewalls.insert", "POST", firewall_path(project), body, project, None, body["name"])
 
 
 def firewall_patch(project: str, name: str, source: str) -> ApiCall:
     rule = firewall_name(name)
     body = {"sourceRanges": [source], "description": f"gcpdl: SSH to {name} from {source} only"}
-    return ApiCall("firewalls.patch", "PATCH", f"{API}/projects/{project}/global/firewalls/{rule}", body, project, None, rule)
+    return ApiCall("firewalls.patch", "PATCH", firewall_path(project, rule), body, project, None, rule)
 
 
 def firewall_delete(project: str, name: str) -> ApiCall:
-    rule = firewall_name(name)
-    return ApiCall("firewalls.delete", "DELETE", f"{API}/projects/{project}/global/firewalls/{rule}", None, project, None, rule)
+    return rule_delete(project, firewall_name(name))
+
+
+def deny_body(project: str, name: str, network: str = DEFAULT_NETWORK) -> dict:
+    """tcp:22 from everyone to this VM's tag, below gcpdl's allow: shuts default-allow-ssh (and
+    any other wide SSH rule of lower precedence) for this VM."""
+    return {
+        "name": deny_rule_name(name),
+        "description": f"gcpdl: no SSH to {name} except through {firewall_name(name)}",
+        "network": network_url(project, network),
+        "direction": "INGRESS",
+        "priority": DENY_PRIORITY,
+        "denied": [{"IPProtocol": "tcp", "ports": ["22"]}],
+        "sourceRanges": [WORLD],
+        "targetTags": [network_tag(name)],
+    }
+
+
+# the fields of the deny rule that make it what it is (checked on an existing rule, restored by a patch)
+DENY_FIELDS = ("direction", "priority", "denied", "sourceRanges", "targetTags")
+
+
+def deny_insert(project: str, name: str, network: str = DEFAULT_NETWORK) -> ApiCall:
+    body = deny_body(project, name, network)
+    return ApiCall("firewalls.insert", "POST", firewall_path(project), body, project, None, body["name"])
+
+
+def deny_patch(project: str, name: str) -> ApiCall:
+    full = deny_body(project, name)
+    body = {k: full[k] for k in ("description", *DENY_FIELDS)}
+    return ApiCall("firewalls.patch", "PATCH", firewall_path(project, full["name"]), body, project, None, full["name"])
+
+
+def deny_delete(project: str, name: str) -> ApiCall:
+    return rule_delete(project, deny_rule_name(name))
+
+
+def rule_delete(project: str, rule: str) -> ApiCall:
+    return ApiCall("firewalls.delete", "DELETE", firewall_path(project, rule), None, project, None, rule)
 
 
 def _instance_action(kind: str, verb: str, project: str, zone: str, name: str) -> ApiCall:
@@ -229,11 +297,13 @@ def plan_create(
     ssh_keys: str,
     startup_script: str,
     now: Callable[[], float] = time.time,
+    subnet: str | None = None,
 ) -> list[ApiCall]:
-    """The requests that create a VM from nothing: firewall rule, data disk, instance."""
-    calls = [firewall_insert(project, spec.name, ssh_source)]
+    """The requests that create a VM from nothing: the SSH allow rule, the deny rule for
+    everyone else (done before the instance exists), data disk, instance."""
+    calls = [firewall_insert(project, spec.name, ssh_source, spec.network), deny_insert(project, spec.name, spec.network)]
     if spec.data_disk_gb:
         calls.append(data_disk_insert(project, zone, spec))
-    body = instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup_script, now=now())
+    body = instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup_script, now=now(), subnet=subnet)
     calls.append(instance_insert(project, zone, body))
     return calls

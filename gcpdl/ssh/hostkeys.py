@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from gcpdl.errors import HostKeyMismatch
+from gcpdl.errors import HostKeyMismatch, SshError
+from gcpdl.files import private_dir, write_private
 from gcpdl.ssh.keys import key_dir
 
 KNOWN_HOSTS_NAME = "known_hosts"
@@ -62,16 +62,15 @@ def read_known(alias: str, path: Path | None = None) -> list[HostKey]:
 def store(alias: str, keys: Iterable[HostKey], path: Path | None = None) -> None:
     """Replace the entries for ``alias`` (other lines are kept as they are), atomically."""
     path = path or known_hosts_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         lines = []
     kept = [ln for ln in lines if not (ln.split() and alias in ln.split()[0].split(","))]
     kept += [k.line(alias) for k in keys]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(kept) + ("\n" if kept else ""))
-    os.replace(tmp, path)
+    if not path.parent.exists():
+        private_dir(path.parent)
+    write_private(path, "\n".join(kept) + ("\n" if kept else ""))
 
 
 def forget(alias: str, path: Path | None = None) -> None:
@@ -104,17 +103,51 @@ def paramiko_key_types(keys: Iterable[HostKey]) -> list[str]:
     return out
 
 
+class HostKeysUnavailable(SshError):
+    """The VM's published host keys could not be read (5xx, 429, timeout, network): gcpdl
+    cannot tell "published none" from "read failed", so it does not connect."""
+
+
+def fingerprints(keys: Iterable[HostKey]) -> str:
+    return ", ".join(k.fingerprint() for k in keys)
+
+
+def replaced_message(name: str, dropped: Iterable[HostKey], published: Iterable[HostKey]) -> str:
+    return (
+        f"VM {name}'s host key pinned earlier ({fingerprints(dropped)}) is not one it publishes "
+        f"({fingerprints(published)}): gcpdl now trusts only the published keys, so `ssh {name}` refuses the old one. "
+        f"A connection made with the old key may not have reached your VM."
+    )
+
+
+def pin_published(alias: str, published: Iterable[HostKey], path: Path | None = None) -> list[HostKey]:
+    """Make the VM's published keys (read over the authenticated Compute API, the authority)
+    the pinned ones for ``alias``. Returns the pinned keys that disagreed and were dropped, so
+    the caller reports them: an earlier first-use pin may have been an impostor."""
+    path = path or known_hosts_path()
+    published = list(published)
+    stored = read_known(alias, path)
+    if published and sorted(stored, key=str) != sorted(published, key=str):
+        store(alias, published, path)
+    return [k for k in stored if k not in published] if published else []
+
+
 @dataclass(frozen=True)
 class Verdict:
     trusted_by: str  # "guest-attributes", "known_hosts", "first-use"
     key: HostKey
+    dropped: tuple[HostKey, ...] = ()  # pinned keys the VM does not publish (now removed)
+    published: tuple[HostKey, ...] = ()
 
     def message(self, name: str) -> str | None:
         if self.trusted_by == "first-use":
             return (
-                f"VM {name} publishes no host keys in its guest attributes; trusting its "
-                f"{self.key.type} key on first use: {self.key.fingerprint()}"
+                f"Warning: VM {name} published no SSH host keys (its guest attributes are empty or turned off), "
+                f"so gcpdl cannot verify it: trusting the {self.key.type} key it presented on first use, and no "
+                f"other from now on: {self.key.fingerprint()}"
             )
+        if self.dropped:
+            return "Warning: " + replaced_message(name, self.dropped, self.published)
         return None
 
 
@@ -127,26 +160,27 @@ def check(
 ) -> Verdict:
     """Accept ``presented`` or raise HostKeyMismatch. Guest attributes, read over the
     authenticated Compute API, are the authority when the VM published them; otherwise the
-    keys stored on an earlier connection; otherwise trust on first use (and say so)."""
+    keys stored on an earlier connection; otherwise trust on first use (and say so). A failed
+    read of the guest attributes never gets here (HostKeysUnavailable): ``guest_keys`` empty
+    means the API said the VM published none."""
     path = path or known_hosts_path()
     guest = list(guest_keys)
-    stored = read_known(alias, path)
     if guest:
         if presented in guest:
-            if sorted(stored, key=str) != sorted(guest, key=str):
-                store(alias, guest, path)
-            return Verdict("guest-attributes", presented)
-        expected = ", ".join(k.fingerprint() for k in guest)
+            dropped = pin_published(alias, guest, path)
+            return Verdict("guest-attributes", presented, tuple(dropped), tuple(guest))
+        expected = fingerprints(guest)
         raise HostKeyMismatch(
             f"The host key of VM {name} does not match the keys it published: it presented "
             f"{presented.type} {presented.fingerprint()}, expected {expected}. gcpdl did not connect "
             f"(this can mean someone is intercepting the connection).",
-            fix=f"If the VM's host keys were regenerated, restart it so it republishes them: gcpdl stop {name} && gcpdl start {name}",
+            fix=f"Only if you changed the VM's host keys yourself: restart it (gcpdl stop {name} && gcpdl start {name}); gcpdl's startup script publishes the keys sshd has at every boot (the guest agent only on a new instance's first).",
         )
+    stored = read_known(alias, path)
     if stored:
         if presented in stored:
             return Verdict("known_hosts", presented)
-        expected = ", ".join(k.fingerprint() for k in stored)
+        expected = fingerprints(stored)
         raise HostKeyMismatch(
             f"The host key of VM {name} changed: it presented {presented.type} {presented.fingerprint()}, "
             f"gcpdl trusted {expected}. gcpdl did not connect (this can mean someone is intercepting the connection).",

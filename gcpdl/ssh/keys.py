@@ -6,10 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gcpdl.files import private_dir, write_private
 from gcpdl.settings import state_dir
 
 SSH_USER = "gcpdl"
 KEY_NAME = "id_ed25519"
+PUBLIC_FILE = 0o644  # readable (ssh-copy-id, other tools) but never writable by others
 
 
 @dataclass(frozen=True)
@@ -34,21 +36,16 @@ def ensure_keypair(directory: Path | None = None) -> KeyPair:
     directory = directory or key_dir()
     private = directory / KEY_NAME
     public = directory / (KEY_NAME + ".pub")
+    private_dir(directory)
     if not private.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
         )
         pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        # Create with 0600 from the start (no window where the key is world-readable), atomically.
-        tmp = private.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        public.write_text(pub.decode() + " gcpdl\n")
-        os.replace(tmp, private)
+        # 0600 from the first byte (no window where the key is readable by others), atomically
+        write_private(public, pub.decode() + " gcpdl\n", mode=PUBLIC_FILE)
+        write_private(private, pem)
     else:
         os.chmod(private, 0o600)
         if not public.exists():
@@ -56,5 +53,5 @@ def ensure_keypair(directory: Path | None = None) -> KeyPair:
 
             key = load_ssh_private_key(private.read_bytes(), password=None)
             pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-            public.write_text(pub.decode() + " gcpdl\n")
+            write_private(public, pub.decode() + " gcpdl\n", mode=PUBLIC_FILE)
     return KeyPair(private, public.read_text().strip())

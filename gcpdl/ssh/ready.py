@@ -38,6 +38,7 @@ def stage_label(key: str) -> str:
 
 def startup_log_command(name: str) -> str:
     return f"gcpdl ssh {name} -- sudo journalctl -u google-startup-scripts"
+PUBLISH_GRACE = 60.0  # seconds a new VM's guest agent gets to publish its host keys
 
 
 class StartupFailed(GcpdlError):
@@ -109,7 +110,14 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
         wait_startup(factory, name, zone, deadline, report, stage)
     if stage is not None:
         stage("ssh")
-    target = resolve_target(factory, name, zone)
+    target = _with_published_keys(factory, resolve_target(factory, name, zone), deadline, report)
+    if target.oslogin:
+        # with a role missing, retrying the key until the deadline would only end in a timeout
+        from gcpdl.oslogin import access_problem
+
+        problem = access_problem(factory, target)
+        if problem is not None:
+            raise problem
     # a fresh VM's guest agent installs gcpdl's key a little after sshd starts: retry auth
     with connect(target, deadline, report=report, retry_auth=True) as session:
         refresh_host(name, target.host or "", target.instance_id, user=target.user, port=target.port)
@@ -128,6 +136,31 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
     else:
         report("ready")
     return Ready(name, target.host or "", target.instance_id, server.port, name)
+
+
+def _with_published_keys(factory: Any, target: Any, deadline: Deadline, report: Report) -> Any:
+    """A VM `up` made has guest attributes on, and its guest agent publishes the host keys at
+    boot; until it has, "none published" means "not yet", so wait for them (up to
+    PUBLISH_GRACE within the deadline) rather than trust a key on first use. Only a VM that
+    still publishes nothing after that (an image without the guest agent) falls back to first
+    use, with the warning and the fingerprint."""
+    import dataclasses
+
+    from gcpdl.ssh.hostkeys import read_known
+    from gcpdl.ssh.target import guest_hostkeys
+
+    if target.guest_keys or read_known(target.alias):
+        return target
+    grace = Deadline(min(PUBLISH_GRACE, deadline.remaining()), what=f"the host keys of {target.name}",
+                     clock=deadline.clock, sleep=deadline.sleep)
+    poll = max(0.01, float(factory.settings.poll_interval))
+    report(f"Waiting for {target.name} to publish its SSH host keys...")
+    while not grace.expired():
+        grace.sleep(min(poll, grace.remaining()))
+        keys = guest_hostkeys(factory, factory.project(), target.zone, target.name, deadline=grace)
+        if keys:
+            return dataclasses.replace(target, guest_keys=tuple(keys))
+    return target
 
 
 def ready_hook(factory: Any, report: Report, stage: Stage | None = None) -> Callable[[Any, Deadline], dict[str, Any]]:

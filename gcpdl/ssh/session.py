@@ -44,6 +44,11 @@ class KeyNotAuthorized(SshError):
     """The VM's sshd refused gcpdl's key (metadata ssh-keys not applied, or removed)."""
 
 
+class ConnectTimedOut(SshError):
+    """No answer at all from the VM's SSH port until the deadline: packets dropped on the way,
+    which is what a firewall rule that no longer allows this laptop's address looks like."""
+
+
 def _key_path(key_path: Path | None) -> Path:
     if key_path is not None:
         return key_path
@@ -116,6 +121,7 @@ def connect(
 
     attempt = 0
     last = ""
+    timed_out = False
     told = False
     while True:
         try:
@@ -137,8 +143,9 @@ def connect(
             last = "gcpdl's key is not installed on the VM yet"
         except (OSError, EOFError, paramiko.SSHException) as e:
             last = _describe(e)
+            timed_out = isinstance(e, (socket.timeout, TimeoutError))
         if deadline.expired():
-            raise SshError(
+            raise (ConnectTimedOut if timed_out else SshError)(
                 f"Could not connect to VM {target.name} over SSH at {target.host}:{target.port} "
                 f"within {deadline.seconds:g}s ({last}).",
                 fix=f"It may still be booting: check `gcpdl status {target.name}` and retry.",
@@ -227,7 +234,22 @@ def target_session(app_factory: object, name: str, zone: str | None, report: Rep
     factory: object = app_factory
     target = resolve_target(factory, name, zone)
     seconds = float(getattr(getattr(factory, "settings"), "ssh_wait"))
-    return connect(target, Deadline(seconds, what=f"SSH on {name}"), report=report)
+    try:
+        return connect(target, Deadline(seconds, what=f"SSH on {name}"), report=report)
+    except ConnectTimedOut as e:
+        # the usual cause on a laptop: a new network, so a new address the SSH rule does not allow
+        from gcpdl.compute.firewall import moved_address
+
+        hint = moved_address(factory, name)
+        if hint is None:
+            raise
+        raise ConnectTimedOut(f"{e.message} {hint}", fix=f"Re-point the rule with: gcpdl start {name} (or gcpdl up {name})") from None
+    except KeyNotAuthorized:
+        if not target.oslogin:
+            raise
+        from gcpdl.oslogin import refusal
+
+        raise refusal(factory, target) from None
 
 
-__all__ = ["GcpdlError", "KeyNotAuthorized", "RunResult", "Session", "connect", "open_transport", "target_session"]
+__all__ = ["ConnectTimedOut", "GcpdlError", "KeyNotAuthorized", "RunResult", "Session", "connect", "open_transport", "target_session"]

@@ -16,10 +16,12 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from gcpdl.errors import InvalidInput
-from gcpdl.ssh.hostkeys import HostKey, host_alias, known_hosts_path, store
+from gcpdl.errors import ConfigError, InvalidInput
+from gcpdl.files import PRIVATE_FILE, private_dir, write_private
+from gcpdl.settings import escaped
+from gcpdl.ssh.hostkeys import HostKey, host_alias, known_hosts_path, pin_published, replaced_message
 from gcpdl.ssh.target import resolve_target, validate_name
 
 MANAGED_NAME = "gcpdl_config"
@@ -42,9 +44,24 @@ def managed_path() -> Path:
     return ssh_dir() / MANAGED_NAME
 
 
-def _q(path: Path | str) -> str:
-    """Quote a path for ssh_config (macOS state dirs contain spaces)."""
-    return '"' + str(path).replace('"', '\\"') + '"'
+_NEEDS_QUOTES = set(' \t"\'\\#=')
+
+
+def ssh_value(value: object, what: str, tokens: bool = False, quote: bool = False) -> str:
+    """The one way a value reaches an ssh config file. Control characters are refused (a
+    newline would start a new directive, e.g. ProxyCommand, that `ssh NAME` runs); values
+    with spaces or quotes are double-quoted with backslash escapes (OpenSSH's argv_split);
+    ``tokens``: the directive expands %-tokens (IdentityFile, UserKnownHostsFile), so a
+    literal % is doubled. ``quote``: always quote (paths)."""
+    text = str(value)
+    bad = next((c for c in text if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None or not text:
+        raise InvalidInput(f"Refusing to write {what} '{escaped(text)}' to the ssh config: it is empty or holds a control character.")
+    if tokens:
+        text = text.replace("%", "%%")
+    if quote or any(c in _NEEDS_QUOTES for c in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 @dataclass(frozen=True)
@@ -64,17 +81,17 @@ class HostEntry:
 
             identity = key_dir() / KEY_NAME
         lines = [
-            f"Host {self.name}",
-            f"    HostName {self.host}",
-            f"    User {self.user}",
+            f"Host {ssh_value(self.name, 'VM name')}",
+            f"    HostName {ssh_value(self.host, 'host')}",
+            f"    User {ssh_value(self.user, 'ssh_user')}",
         ]
         if self.port != 22:
-            lines.append(f"    Port {self.port}")
+            lines.append(f"    Port {ssh_value(int(self.port), 'ssh_port')}")
         lines += [
-            f"    IdentityFile {_q(identity)}",
+            f"    IdentityFile {ssh_value(identity, 'identity file', tokens=True, quote=True)}",
             "    IdentitiesOnly yes",
-            f"    UserKnownHostsFile {_q(self.known_hosts or known_hosts_path())}",
-            f"    HostKeyAlias {host_alias(self.instance_id)}",
+            f"    UserKnownHostsFile {ssh_value(self.known_hosts or known_hosts_path(), 'known_hosts path', tokens=True, quote=True)}",
+            f"    HostKeyAlias {ssh_value(host_alias(self.instance_id), 'host key alias')}",
             # the keys come from the VM's guest attributes; never prompt, never accept a change
             "    StrictHostKeyChecking yes",
             "    ServerAliveInterval 30",
@@ -100,36 +117,56 @@ def _parse_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".gcpdl-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+BACKUP_SUFFIX = ".gcpdl-backup"
+
+
+def _ssh_dir_ready() -> None:
+    if not ssh_dir().exists():
+        private_dir(ssh_dir())
+
+
+def _real_config() -> Path:
+    """~/.ssh/config, or the file it links to (dotfile managers keep it in a repository): the
+    link stays a link and gcpdl edits its target."""
+    config = user_config_path()
+    real = Path(os.path.realpath(config))
+    if real.is_dir():
+        raise ConfigError(
+            f"{config} is a folder, not a file, so gcpdl cannot add its Include line there.",
+            fix=f"Move it away, or connect with: ssh -F {managed_path()} NAME",
+        )
+    return real
 
 
 def ensure_include() -> bool:
-    """Add `Include <managed file>` at the top of ~/.ssh/config once. True if it was added."""
-    config = user_config_path()
+    """Add `Include <managed file>` at the top of ~/.ssh/config once. True if it was added.
+    The first time gcpdl changes a file the user had, it keeps a copy (config.gcpdl-backup
+    beside ~/.ssh/config, never overwritten)."""
+    config = _real_config()
     managed = managed_path()
     try:
         original = config.read_text()
         mode = config.stat().st_mode & 0o777
     except FileNotFoundError:
-        original, mode = "", 0o600
-    for line in original.splitlines():
+        original, mode = None, PRIVATE_FILE
+    for line in (original or "").splitlines():
         words = line.strip().split(None, 1)
         if len(words) == 2 and words[0].lower() == "include" and MANAGED_NAME in words[1]:
             return False
-    include = f"{INCLUDE_COMMENT}\nInclude {_q(managed)}\n"
-    _write_atomic(config, include + ("\n" + original if original else ""), mode)
+    _ssh_dir_ready()
+    backup = user_config_path().with_name(user_config_path().name + BACKUP_SUFFIX)
+    if original is not None and not backup.exists():
+        write_private(backup, original, mode=mode & 0o600 or PRIVATE_FILE)
+    include = f"{INCLUDE_COMMENT}\nInclude {ssh_value(managed, 'managed config path', quote=True)}\n"
+    # never more open than the user's own (ssh refuses a group/world-writable config)
+    write_private(config, include + ("\n" + original if original else ""), mode=mode & 0o644)
     return True
 
 
 def _write_managed(blocks: list[tuple[str, str]]) -> None:
     text = HEADER + "".join("\n" + b for _, b in blocks)
-    _write_atomic(managed_path(), text)
+    _ssh_dir_ready()
+    write_private(managed_path(), text)
 
 
 def refresh_host(
@@ -141,11 +178,13 @@ def refresh_host(
     identity_file: Path | None = None,
     known_hosts: Path | None = None,
     host_keys: Iterable[HostKey] = (),
+    report: Callable[[str], None] | None = None,
 ) -> Path:
     """Write (or replace) the Host block for VM ``name`` and make sure ~/.ssh/config includes
     the managed file. ``host_keys`` (from the VM's guest attributes) are pinned for the
     instance, so `ssh NAME` verifies the host even before gcpdl itself has connected; without
-    them the keys are pinned on gcpdl's first connection. Returns the managed file's path."""
+    them the keys are pinned on gcpdl's first connection. A pinned key the VM does not publish
+    is dropped and reported through ``report``. Returns the managed file's path."""
     validate_name(name)
     try:
         ipaddress.ip_address(ip)
@@ -153,8 +192,9 @@ def refresh_host(
         raise InvalidInput(f"'{ip}' is not an IP address.") from None
     entry = HostEntry(name, ip, str(instance_id), user, int(port), identity_file, known_hosts)
     keys = list(host_keys)
-    if keys:
-        store(host_alias(instance_id), keys, known_hosts)
+    dropped = pin_published(host_alias(instance_id), keys, known_hosts)
+    if dropped and report is not None:
+        report(replaced_message(name, dropped, keys))
     path = managed_path()
     try:
         blocks = _parse_blocks(path.read_text())
@@ -169,13 +209,14 @@ def refresh_host(
     return path
 
 
-def refresh_vm(factory: Any, name: str, zone: str | None = None) -> bool:
+def refresh_vm(factory: Any, name: str, zone: str | None = None, report: Callable[[str], None] | None = None) -> bool:
     """Look VM ``name`` up and refresh its block and pinned host keys. False (nothing changed)
     when it is not running: a stopped VM has no address, and its old one may be reused."""
     target = resolve_target(factory, name, zone, require_running=False)
     if target.status != "RUNNING" or not target.host:
         return False
-    refresh_host(name, target.host, target.instance_id, user=target.user, port=target.port, host_keys=target.guest_keys)
+    refresh_host(name, target.host, target.instance_id, user=target.user, port=target.port, host_keys=target.guest_keys,
+                 report=report)
     return True
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import quote
 
 from gcpdl.errors import (
@@ -21,10 +21,20 @@ from gcpdl.errors import (
     PermissionDenied,
     VmNotRunning,
 )
-from gcpdl.ssh.hostkeys import HostKey, host_alias, parse_guest_attributes
+from gcpdl.deadline import Deadline, backoff
+from gcpdl.settings import escaped
+from gcpdl.ssh.hostkeys import HostKey, HostKeysUnavailable, host_alias, parse_guest_attributes
 
-NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+if TYPE_CHECKING:  # pragma: no cover
+    from gcpdl.oslogin import Login
+
+NAME_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")  # fullmatch: `$` lets "box\n" through
 HTTP_TIMEOUT = 30.0  # seconds for one REST read
+# Reading the host keys: retried for up to this long (capped by ssh_wait), which exceeds one
+# attempt's timeout so a timed-out attempt is retried at least once.
+HOSTKEYS_BUDGET = 45.0
+HOSTKEYS_RETRY_CAP = 5.0
+MIN_ATTEMPT_TIMEOUT = 0.2
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class SshTarget:
     port: int = 22
     user: str = "gcpdl"
     guest_keys: tuple[HostKey, ...] = field(default=())
+    oslogin: bool = False  # the user is the caller's OS Login POSIX account
+    # the instance's REST JSON, for OS Login's permission checks
+    instance: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def alias(self) -> str:
@@ -46,12 +59,20 @@ class SshTarget:
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name or ""):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(
-            f"'{name}' is not a valid VM name: use lowercase letters, digits and hyphens, "
+            f"'{escaped(name)}' is not a valid VM name: use lowercase letters, digits and hyphens, "
             "starting with a letter (at most 63 characters)."
         )
     return name
+
+
+class _ReadFailed(GcpdlError):
+    """A read that may succeed if retried; ``short`` says why in a few words."""
+
+    def __init__(self, message: str, short: str):
+        super().__init__(message)
+        self.short = short
 
 
 def _raise_for(resp: Any, what: str) -> None:
@@ -71,17 +92,17 @@ def _raise_for(resp: Any, what: str) -> None:
         if "accessNotConfigured" in reason or "has not been used" in message or "is disabled" in message:
             raise ApiDisabled("The Compute Engine API is not enabled in this project.", fix="Run: gcloud services enable compute.googleapis.com")
         raise PermissionDenied(f"Permission denied while reading {what}: {message}")
-    raise GcpdlError(f"Reading {what} failed (HTTP {resp.status_code}): {message}")
+    raise _ReadFailed(f"Reading {what} failed (HTTP {resp.status_code}): {message}", f"HTTP {resp.status_code}")
 
 
-def _get(factory: Any, path: str, what: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+def _get(factory: Any, path: str, what: str, params: dict[str, str] | None = None, timeout: float = HTTP_TIMEOUT) -> dict[str, Any]:
     import requests
 
     url = factory.compute_base_url + path
     try:
-        resp = factory.session.get(url, params=params, timeout=HTTP_TIMEOUT)
+        resp = factory.session.get(url, params=params, timeout=timeout)
     except requests.RequestException as e:
-        raise GcpdlError(f"Cannot reach the Compute API at {factory.compute_endpoint}: {type(e).__name__}.") from None
+        raise _ReadFailed(f"Cannot reach the Compute API at {factory.compute_endpoint}: {type(e).__name__}.", type(e).__name__) from None
     _raise_for(resp, what)
     return resp.json()
 
@@ -100,17 +121,38 @@ def find_instance(factory: Any, name: str, zone: str | None = None) -> dict[str,
     return data
 
 
-def guest_hostkeys(factory: Any, project: str, zone: str, name: str) -> list[HostKey]:
-    """The host keys the VM published; [] when guest attributes are off or not written yet."""
+def guest_hostkeys(factory: Any, project: str, zone: str, name: str, deadline: Deadline | None = None) -> list[HostKey]:
+    """The host keys the VM published; [] only when the API says it published none.
+
+    The API answers 404 both when the `hostkeys/` namespace is empty and when guest attributes
+    are turned off for the VM: an authenticated answer, which no one on the network path can
+    forge, so only then may the caller trust a key on first use. Anything else (5xx, 429, a
+    timeout, a network error: all things an attacker between here and Google can cause) is
+    retried under ``deadline`` and then raises HostKeysUnavailable, never "publishes none"."""
+    settings = factory.settings
+    deadline = deadline or Deadline(min(float(settings.ssh_wait), HOSTKEYS_BUDGET), what=f"the host keys of {name}")
     path = f"/projects/{project}/zones/{zone}/instances/{name}/getGuestAttributes"
-    try:
-        payload = _get(factory, path, f"guest attributes of {name}", {"queryPath": "hostkeys/"})
-    except (CredentialsError, PermissionDenied, ApiDisabled):
-        raise
-    except GcpdlError:
-        # 404 (nothing published yet) or 400 (guest attributes disabled): trust on first use
-        return []
-    return parse_guest_attributes(payload)
+    poll = max(0.01, float(settings.poll_interval))
+    attempt = 0
+    while True:
+        try:
+            timeout = max(MIN_ATTEMPT_TIMEOUT, min(HTTP_TIMEOUT, deadline.remaining()))
+            payload = _get(factory, path, f"guest attributes of {name}", {"queryPath": "hostkeys/"}, timeout=timeout)
+            return parse_guest_attributes(payload)
+        except NotFound:
+            return []
+        except (CredentialsError, PermissionDenied, ApiDisabled):
+            raise
+        except GcpdlError as e:
+            last = getattr(e, "short", e.message)
+        if deadline.expired():
+            raise HostKeysUnavailable(
+                f"Could not read the SSH host keys VM {name} publishes ({last}), so gcpdl cannot verify that "
+                f"it is really your VM, and did not connect.",
+                fix="Retry in a minute (the Compute API did not answer in time).",
+            )
+        deadline.sleep(min(backoff(attempt, base=poll, cap=HOSTKEYS_RETRY_CAP), deadline.remaining()))
+        attempt += 1
 
 
 def guest_attributes(factory: Any, zone: str, name: str, namespace: str) -> dict[str, str]:
@@ -127,6 +169,25 @@ def guest_attributes(factory: Any, zone: str, name: str, namespace: str) -> dict
 
 def _last(url: str | None) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def login_user(factory: Any, metadata: Mapping[str, str] | None = None, write: bool = True) -> "Login":
+    """Who gcpdl logs in as on a VM with this instance metadata ({}: a VM about to be created),
+    for ssh, jupyter, sync, up's ready wait, the ssh config and the startup script alike.
+
+    OS Login on (instance metadata, else project metadata): the caller's POSIX user from their
+    OS Login profile, gcpdl's key imported there first (``write=False``: read only, for the ssh
+    config and the dry-run; user "" when OS Login has no POSIX account for the caller yet).
+    Off: ``settings.ssh_user``, whose key the VM's `ssh-keys` metadata holds."""
+    from gcpdl.oslogin import Login
+
+    oslogin = factory.oslogin()
+    if write:
+        return oslogin.login(metadata)
+    setting = oslogin.setting(metadata)
+    if not setting.enabled:
+        return Login(factory.settings.ssh_user, False, setting.describe())
+    return Login(oslogin.profile().username or "", True, setting.describe())
 
 
 def resolve_target(factory: Any, name: str, zone: str | None = None, require_running: bool = True) -> SshTarget:
@@ -146,6 +207,9 @@ def resolve_target(factory: Any, name: str, zone: str | None = None, require_run
     if require_running and not host:
         raise GcpdlError(f"VM {name} has no external IP address, so gcpdl cannot reach it over SSH.")
     keys = guest_hostkeys(factory, factory.project(), zone, name) if status == "RUNNING" else []
+    from gcpdl.oslogin import metadata_items
+
+    login = login_user(factory, metadata_items(data.get("metadata")), write=status == "RUNNING")
     return SshTarget(
         name=name,
         zone=zone,
@@ -153,6 +217,8 @@ def resolve_target(factory: Any, name: str, zone: str | None = None, require_run
         status=status,
         host=host,
         port=int(settings.ssh_port),
-        user=settings.ssh_user,
+        user=login.user,
         guest_keys=tuple(keys),
+        oslogin=login.oslogin,
+        instance=data,
     )

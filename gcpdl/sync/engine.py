@@ -24,11 +24,12 @@ from typing import Any, Callable
 
 from gcpdl.errors import CredentialsError, InvalidInput, SyncError
 from gcpdl.sync import listing as listing_mod
+from gcpdl.sync.destfs import Blocked, Dest, DirFds, blocked_reason, disk_error
 from gcpdl.sync.paths import STATE_DIRNAME, Filters, Unsafe, relative_path
-from gcpdl.sync.progress import Failure, Progress, SyncSummary
-from gcpdl.sync.state import ReadOnlyState, SeenNames, State, clear_parts
+from gcpdl.sync.progress import Failure, InTheWay, Progress, SyncSummary
+from gcpdl.sync.state import ReadOnlyState, SeenNames, State
 from gcpdl.sync.url import GcsUrl
-from gcpdl.sync.verify import require_c_crc32c
+from gcpdl.sync.verify import fd_crc32c, require_c_crc32c
 
 DEFAULT_JOBS = 64
 PAGES_AHEAD = 4  # listing pages fetched ahead of the planner
@@ -36,6 +37,7 @@ PLAN_AHEAD = 50_000  # objects planned but not yet started; bounds memory (~150 
 DEFAULT_STORAGE_ENDPOINT = "https://storage.googleapis.com"
 RECENT_FILES = 20_000  # file names remembered for file-vs-folder collision checks
 MAX_WARNINGS = 20  # per kind; the rest are counted in the summary
+MAX_RECORDED = 100  # objects named in the summary's lists (failures, blocked)
 
 ProgressFn = Callable[[Progress], None]
 WarnFn = Callable[[str], None]
@@ -55,27 +57,29 @@ class SyncOptions:
     slice_size: int = 16 << 20
     retry_base: float = 0.25
     progress_interval: float = 0.5
+    # seconds before each piece of a streamed or sliced download is written (a busy disk; tests)
+    write_delay: float = 0.0
+    # no answer from the storage endpoint for this long, every attempt failing: stop (transfer.BREAKER_S)
+    breaker_s: float = 30.0
+    # the data path's clocks and pauses, injectable so tests measure no time
+    clock: Callable[[], float] = field(default=time.monotonic)
+    wall_clock: Callable[[], float] = field(default=time.time)
+    sleep: Callable[[float], Any] = field(default=asyncio.sleep)
     # free bytes on DEST's filesystem; injectable so a test can stage a full disk
     disk_free: Callable[[str], int] = field(default=lambda path: shutil.disk_usage(path).free)
 
 
-def file_crc32c(path: str) -> int:
-    import google_crc32c
-
-    crc = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                return crc
-            crc = google_crc32c.extend(crc, chunk)
-
-
-def _crc_or_none(path: str) -> int | None:
+def _crc_or_none(dir_fd: int, name: str) -> int | None:
     try:
-        return file_crc32c(path)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:  # unreadable: fetching it again will say what is wrong
         return None
+    try:
+        return fd_crc32c(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _identity(creds: Any) -> str:
@@ -121,9 +125,18 @@ class _Run:
         self.seen: SeenNames | None = SeenNames() if opts.delete else None
         self._recent: set[str] = set()
         self._recent_order: deque[str] = deque()
+        self.walker: DirFds | None = None  # the planner's own folder descriptors (None: no DEST yet)
         # written by the loop
         self.bytes_live = 0
         self.abort = threading.Event()
+
+    def blocked(self, name: str, path: str, reason: str) -> None:
+        """Something is where the object must go: counted, named in the summary, warned about."""
+        s = self.summary
+        s.collisions += 1
+        if len(s.blocked) < MAX_RECORDED:
+            s.blocked.append(InTheWay(name, path, reason))
+        self.warn("collision", f"Skipping {name!r}: {path!r} in DEST {reason}.")
 
     def warn(self, kind: str, message: str) -> None:
         n = self.warn_counts.get(kind, 0) + 1
@@ -179,6 +192,10 @@ class _Run:
                 s.placeholders += 1
                 continue
             if isinstance(rel, Unsafe):
+                # --exclude is the way out for names gcpdl will never write
+                if self.filters and not self.filters.keep(rec.name[len(prefix):] if rec.name.startswith(prefix) else rec.name):
+                    s.filtered += 1
+                    continue
                 s.unsafe += 1
                 self.warn("unsafe-name", f"Skipping object {rel.name!r}: its name {rel.reason}.")
                 continue
@@ -189,6 +206,8 @@ class _Run:
                 blocker = self._file_in_the_way(rel)
                 if blocker is not None:
                     s.collisions += 1
+                    if len(s.blocked) < MAX_RECORDED:
+                        s.blocked.append(InTheWay(rec.name, blocker, "is a file in the bucket too"))
                     self.warn("collision", f"Skipping {rec.name!r}: a file is in the way of its folder (file {blocker!r}).")
                     continue
             self._remember_file(rel)
@@ -198,14 +217,27 @@ class _Run:
         if self.seen is not None:
             self.seen.update(rel for _, rel in keep)
         rows = state.rows_between(keep[0][1], keep[-1][1])
-        base = self.dest + "/"
+        walker = self.walker
         fetch = []
         for rec, rel in keep:
-            path = base + rel
-            try:
-                st = os.stat(path)
-            except OSError:  # missing, or a file where a folder should be: fetch decides
-                st = None
+            # What is at the object's path now, looked up without following any link: a folder
+            # (or a file, or a link) in the way is reported here, before a byte is fetched.
+            st = None
+            parent = None
+            parent_rel, _, base = rel.rpartition("/")
+            if walker is not None:
+                try:
+                    parent = walker.get(parent_rel, create=False)
+                    if parent is not None:
+                        st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+                except Blocked as b:
+                    self.blocked(rec.name, b.path, b.reason)
+                    continue
+                except OSError:  # missing or unreadable: the fetch decides
+                    st = None
+            if st is not None and statmod.S_ISDIR(st.st_mode):
+                self.blocked(rec.name, rel, blocked_reason("folder", folder_wanted=False))
+                continue
             if st is not None and statmod.S_ISREG(st.st_mode) and st.st_size == rec.size:
                 row = rows.get(rel)
                 if (
@@ -218,7 +250,7 @@ class _Run:
                     continue
                 # No row (a crash before the batch was committed, or a DEST filled another way):
                 # the bytes decide, and reading them is cheaper than fetching them again.
-                if rec.crc32c is not None and _crc_or_none(path) == rec.crc32c:
+                if rec.crc32c is not None and _crc_or_none(parent, base) == rec.crc32c:
                     state.record(rel, rec.generation, rec.size, rec.crc32c, st.st_mtime_ns)
                     s.skipped += 1
                     continue
@@ -242,48 +274,52 @@ def run_sync(
     if opts.jobs < 1 or opts.jobs > 4096:
         raise InvalidInput(f"--jobs must be between 1 and 4096 (got {opts.jobs}).")
     dest = opts.dest
-    if dest.exists() and not dest.is_dir():
+    # a DEST that is a file may be the file a single-object URL names (decided by the listing)
+    if dest.exists() and not dest.is_dir() and dest.name != opts.source.leaf:
         raise InvalidInput(f"DEST {dest} exists and is not a folder.")
     run = _Run(opts, on_progress, on_warning)
     creds = _credentials(factory, opts.anonymous, on_warning or (lambda m: None))
     identity = _identity(creds)
     client = factory.storage(project=opts.billing_project, anonymous=creds is None)
-    pages = listing_mod.iter_pages(client, opts.source.bucket, opts.source.prefix, opts.billing_project, identity)
-    # The first page before touching DEST: a missing bucket or a denied read leaves nothing behind.
+    # The first page before touching DEST: a missing bucket, a denied read or a URL that matches
+    # nothing leaves nothing behind. A URL naming one object lands in DEST (listing.object_dest).
+    source, pages = listing_mod.open_listing(client, opts.source, opts.billing_project, identity)
+    if source.object is not None:
+        opts.source, opts.dest = source, listing_mod.object_dest(source, dest, opts.delete)
+        dest, run = opts.dest, _Run(opts, on_progress, on_warning)
+    if dest.exists() and not dest.is_dir():
+        raise InvalidInput(f"DEST {dest} exists and is not a folder.")
     first = next(pages, [])
 
     created_dest = False
-    state: Any
-    if opts.dry_run:
-        state = ReadOnlyState(dest)
-    else:
-        created_dest = not dest.exists()
-        had_state = (dest / STATE_DIRNAME).exists()
-        try:
-            dest.mkdir(parents=True, exist_ok=True)
-            state = State(dest)
-        except OSError as e:
-            from gcpdl.sync.transfer import disk_error
-
-            raise disk_error(e, str(dest)) from None
-        parts = state.dir / "parts"
-        clear_parts(parts)
+    had_state = True
+    state: Any = None
+    fs: Dest | None = None
     ok = False
     try:
-        asyncio.run(_main(run, state, creds, identity, factory, first, pages, None if opts.dry_run else parts))
+        try:
+            if opts.dry_run:
+                state = ReadOnlyState(dest)
+                fs = Dest(str(dest)) if dest.is_dir() else None
+            else:
+                created_dest = not dest.exists()
+                had_state = os.path.lexists(dest / STATE_DIRNAME)
+                dest.mkdir(parents=True, exist_ok=True)
+                fs = Dest(str(dest))
+                fs.open_state()  # refuses a link at .gcpdl, parts or a state file
+                state = State(dest)  # the lock: only then are a killed run's parts ours to remove
+                fs.clear_parts()
+        except OSError as e:
+            raise disk_error(e, str(dest)) from None
+        if fs is not None:
+            run.walker = DirFds(os.dup(fs.root))
+        asyncio.run(_main(run, state, creds, identity, factory, first, pages, fs))
         ok = True
     finally:
         run.abort.set()
-        state.close()
-        if run.seen is not None:
-            run.seen.close()
-        if not opts.dry_run:
-            clear_parts(parts)
-            if not ok and created_dest and run.summary.files == 0:
-                # nothing was fetched into a DEST we created: leave no trace
-                shutil.rmtree(dest, ignore_errors=True)
-            elif not ok and not had_state and run.summary.files == 0:
-                shutil.rmtree(state.dir, ignore_errors=True)
+        late = _finish(run, fs, state, dest, created_dest, had_state, ok)
+    if late is not None:  # the run went well but its state could not be saved (a full disk)
+        raise late
     s = run.summary
     s.seconds = round(time.monotonic() - run.started, 3)
     if opts.dry_run:
@@ -291,11 +327,42 @@ def run_sync(
     elapsed = max(s.seconds, 1e-9)
     s.files_per_s = round(s.files / elapsed, 1)
     s.mb_per_s = round(s.bytes / 1e6 / elapsed, 2)
-    s.failed = len(s.failures)
+    s.finish()
     return s
 
 
-async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, first: list, pages, parts: Path | None) -> None:
+def _finish(run: _Run, fs: Dest | None, state: Any, dest: Path, created_dest: bool, had_state: bool, ok: bool) -> Exception | None:
+    """Every clean-up step runs whatever the others do (part files first: they hold the space a
+    full disk needs back). Returns the first error, which the caller raises only when the run
+    itself went well: a failed run's own error is the one worth showing."""
+    first: Exception | None = None
+
+    def attempt(step: Callable[[], Any]) -> None:
+        nonlocal first
+        try:
+            step()
+        except Exception as e:
+            first = first or e
+
+    if fs is not None and not run.opts.dry_run:
+        attempt(fs.clear_parts)
+    if state is not None:
+        attempt(state.close)
+    if run.seen is not None:
+        attempt(run.seen.close)
+    if run.walker is not None:
+        attempt(run.walker.close)
+    if fs is not None:
+        attempt(fs.close)
+    if not run.opts.dry_run and not ok and run.summary.files == 0:
+        if created_dest:  # nothing was fetched into a DEST we created: leave no trace
+            shutil.rmtree(dest, ignore_errors=True)
+        elif not had_state:
+            shutil.rmtree(dest / STATE_DIRNAME, ignore_errors=True)
+    return first
+
+
+async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, first: list, pages, fs: Dest | None) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     slots = threading.Semaphore(max(2, PLAN_AHEAD // listing_mod.PAGE_SIZE))
@@ -375,13 +442,13 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
     thread.start()
     ticker = asyncio.ensure_future(_tick(run))
     try:
-        if parts is None:
+        if run.opts.dry_run:
             await _drain(queue, slots)
         else:
             await ready.wait()
-            await _transfer(run, state, creds, identity, factory, queue, slots, parts)
-        if run.opts.delete and not run.summary.failures:
-            _delete_extraneous(run, state)
+            await _transfer(run, state, creds, identity, factory, queue, slots, fs)
+        if run.opts.delete and not run.summary.failures and fs is not None:
+            _delete_extraneous(run, state, fs)
     finally:
         run.abort.set()
         ticker.cancel()
@@ -428,9 +495,9 @@ def _human(n: float) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-async def _transfer(run, state, creds, identity, factory, queue, slots, parts: Path) -> None:
+async def _transfer(run, state, creds, identity, factory, queue, slots, fs: Dest) -> None:
     from gcpdl.sync.ramp import RateLimiter, Window
-    from gcpdl.sync.transfer import Auth, Collision, Fetcher, Gone, ObjectFailed, disk_error
+    from gcpdl.sync.transfer import Auth, Fetcher, Gone, ObjectFailed
 
     opts = run.opts
     s = run.summary
@@ -444,19 +511,21 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, parts: P
         Auth(creds),
         Window(opts.jobs),
         RateLimiter(),
-        run.dest,
+        fs,
         user_project=opts.billing_project,
         slice_size=opts.slice_size,
         retry_base=opts.retry_base,
         on_bytes=on_bytes,
         identity=identity,
+        write_delay=opts.write_delay,
+        breaker_s=opts.breaker_s,
+        clock=opts.clock,
+        wall_clock=opts.wall_clock,
+        sleep=opts.sleep,
     )
     items: deque = deque()
     done = False
-    made_dirs: set[str] = {run.dest}
     counter = itertools.count()
-    parts_dir = str(parts)
-    base = run.dest + "/"
 
     async def next_item():
         nonlocal done
@@ -476,31 +545,25 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, parts: P
         return items.popleft()
 
     async def handle(rec, rel: str) -> None:
-        final = base + rel
-        parent = final.rsplit("/", 1)[0]
-        if parent not in made_dirs:
-            try:
-                os.makedirs(parent, exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                s.collisions += 1
-                run.warn("collision", f"Skipping {rec.name!r}: a file is in the way of its folder ({_collider(base, rel)}).")
-                return
-            except OSError as e:
-                raise disk_error(e, run.dest) from None
-            made_dirs.add(parent)
-        part = f"{parts_dir}/{next(counter)}.part"
+        try:  # the folder now, so a file or link put in its way since planning costs no download
+            fs.dirs.get(rel.rpartition("/")[0], create=True)
+        except Blocked as b:
+            run.blocked(rec.name, b.path, b.reason)
+            return
+        except OSError as e:
+            raise disk_error(e, run.dest) from None
+        part = f"{next(counter)}.part"
         try:
-            got = await fetcher.fetch(rec.name, rec.generation, rec.size, rec.crc32c, rec.md5, part, final)
-        except Collision:
-            s.collisions += 1
-            run.warn("collision", f"Skipping {rec.name!r}: a folder named {rel!r} is in the way.")
+            got = await fetcher.fetch(rec.name, rec.generation, rec.size, rec.crc32c, rec.md5, part, rel)
+        except Blocked as b:
+            run.blocked(rec.name, b.path, b.reason)
         except Gone:
             s.gone += 1
             run.warn("gone", f"Skipping {rec.name!r}: it changed or was deleted in the bucket during the sync; re-run to fetch it.")
         except ObjectFailed as e:
             s.failures.append(Failure(rec.name, str(e)))
             s.failed = len(s.failures)
-            _unlink(part)
+            fs.unlink_part(part)
         else:
             state.record(rel, rec.generation, rec.size, got.crc32c, got.mtime_ns)
             s.files += 1
@@ -531,35 +594,19 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, parts: P
         fetcher.close()
 
 
-def _collider(base: str, rel: str) -> str:
-    parts = rel.split("/")
-    for i in range(1, len(parts)):
-        p = "/".join(parts[:i])
-        if os.path.isfile(base + p):
-            return f"file {p!r}"
-    return "a file"
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _delete_extraneous(run: _Run, state: Any) -> None:
+def _delete_extraneous(run: _Run, state: Any, fs: Dest) -> None:
     """--delete: remove files under DEST that the listing did not name. Never the state dir,
-    never anything the filters exclude, never outside DEST (os.walk does not follow links)."""
+    never anything the filters exclude, never outside DEST: the walk and every unlink and rmdir
+    go through folder descriptors (os.fwalk), so a link is removed, never followed."""
     seen = run.seen
     if seen is None:
         return
-    dest = run.dest
     touched: set[str] = set()
-    for root, dirs, files in os.walk(dest):
-        if root == dest and STATE_DIRNAME in dirs:
+    for root, dirs, files, root_fd in os.fwalk(".", dir_fd=fs.root):
+        rel_root = os.path.normpath(root)
+        if rel_root == "." and STATE_DIRNAME in dirs:
             dirs.remove(STATE_DIRNAME)
-        rel_root = os.path.relpath(root, dest)
-        for fname in files:
+        for fname in files:  # links to folders are listed here too (not followed)
             rel = fname if rel_root == "." else f"{rel_root}/{fname}"
             if rel in seen or (run.filters and not run.filters.keep(rel)):
                 continue
@@ -567,14 +614,19 @@ def _delete_extraneous(run: _Run, state: Any) -> None:
                 run.summary.would_delete.append(rel)
                 run.summary.deleted += 1
                 continue
-            os.unlink(os.path.join(root, fname))
+            os.unlink(fname, dir_fd=root_fd)
             state.forget(rel)
             run.summary.deleted += 1
-            touched.add(root)
-    for d in sorted(touched, key=len, reverse=True):
-        while d != dest and d.startswith(dest + "/"):
+            touched.add(rel_root)
+    for d in sorted(touched, key=len, reverse=True):  # folders the deletions emptied
+        while d != ".":
+            parent, _, name = d.rpartition("/")
             try:
-                os.rmdir(d)
-            except OSError:
+                parent_fd = fs.dirs.get(parent, create=False)
+                if parent_fd is None:
+                    break
+                os.rmdir(name, dir_fd=parent_fd)
+            except (OSError, Blocked):
                 break
-            d = os.path.dirname(d)
+            fs.dirs.forget(d)
+            d = parent or "."

@@ -1,7 +1,8 @@
 """Map object names to safe paths inside DEST.
 
-An object name is untrusted input: `..`, absolute paths, NUL, empty components, and names that
-would land in our own state dir are refused, so nothing is ever written outside DEST.
+An object name is untrusted input: `..`, absolute paths, control characters (NUL, TAB, ESC, DEL,
+the C1 range: they would reach file names, terminals and scripts), empty components, and names
+that would land in our own state dir are refused, so nothing is ever written outside DEST.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 STATE_DIRNAME = ".gcpdl"
 NAME_MAX = 255  # bytes per path component on ext4/xfs
+# C0 (NUL..US), DEL and C1: Unicode category Cc, exactly what str.isprintable() and repr() escape
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,8 @@ def relative_path(name: str, prefix: str) -> str | Unsafe | None:
     if name.endswith("/"):
         return None
     rel = name[len(prefix) :] if prefix and name.startswith(prefix) else name
-    if "\x00" in rel:
-        return Unsafe(name, "contains a NUL byte")
+    if _CONTROL.search(rel):
+        return Unsafe(name, "contains a control character")
     if rel.startswith("/"):
         return Unsafe(name, "is an absolute path")
     parts = rel.split("/")

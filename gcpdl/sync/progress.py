@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gcpdl.errors import SyncIncomplete
+
 
 @dataclass
 class Progress:
@@ -42,6 +44,13 @@ class Failure:
 
 
 @dataclass
+class InTheWay:
+    name: str  # the object
+    path: str  # relative to DEST: what is in its way
+    reason: str  # "is a folder, not a file", ...
+
+
+@dataclass
 class SyncSummary:
     source: str
     dest: str
@@ -62,17 +71,55 @@ class SyncSummary:
     retries: int = 0
     requests: int = 0
     dry_run: bool = False
+    complete: bool = True  # every listed object the filters keep is in DEST, verified
+    missing: int = 0  # listed and kept by the filters, but not in DEST: failed + gone + collisions + unsafe
     failures: list[Failure] = field(default_factory=list)
+    blocked: list[InTheWay] = field(default_factory=list)  # the first 100 collisions, named
     would_delete: list[str] = field(default_factory=list)
+
+    def finish(self) -> None:
+        self.failed = len(self.failures)
+        self.missing = self.failed + self.gone + self.collisions + self.unsafe
+        self.complete = self.missing == 0
+
+    def incomplete(self) -> SyncIncomplete | None:
+        """The error that says why DEST is not a full copy (None when it is)."""
+        if self.complete:
+            return None
+        wanted = self.listed - self.placeholders - self.filtered
+        why = []
+        if self.failures:
+            names = ", ".join(f"{f.name} ({f.reason})" for f in self.failures[:5])
+            more = f" and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+            why.append(f"{self.failed} failed: {names}{more}")
+        if self.gone:
+            why.append(f"{self.gone} changed in the bucket during the sync")
+        if self.collisions:
+            why.append(f"{self.collisions} in the way of another file or folder")
+        if self.unsafe:
+            why.append(f"{self.unsafe} with {_plural(self.unsafe, 'a name that cannot', 'names that cannot')} be written safely")
+        fixes = []
+        again = self.failed + self.gone
+        if again:
+            fixes.append(f"Re-run to fetch {again} {_plural(again, 'object', 'objects')}.")
+        if self.collisions or self.unsafe:
+            fixes.append("Move what is in the way (see the warnings), or leave those names out with --exclude.")
+        verb = _plural(self.missing, "is", "are")
+        return SyncIncomplete(
+            f"Sync incomplete: {self.missing} of {wanted} objects {verb} not in DEST ({', '.join(why)}).", fix=" ".join(fixes)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["failures"] = [asdict(f) for f in self.failures][:100]
+        d["blocked"] = [asdict(b) for b in self.blocked][:100]
         if not self.dry_run:
             d.pop("would_delete")
         return d
 
 
+def _plural(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
 # --- progress relayed from the VM ------------------------------------------------------------
 # The engine on the VM (`sync --on`) prints each Progress as a record line on stderr when this
 # variable is set; the local side turns them back into Progress and draws its own bar or lines.

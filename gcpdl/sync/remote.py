@@ -167,6 +167,21 @@ class _Lines:
             self.buf = b""
 
 
+def _same_file(sftp: Any, path: str, data: bytes) -> bool:
+    """Whether ``path`` on the VM holds exactly ``data``: the SHA-256 of its bytes, not its size
+    (a partial upload padded to size, or another file of that name, must not be imported).
+    Reading the wheel back costs about what uploading it does, and only the bytes decide."""
+    try:
+        if sftp.stat(path).st_size != len(data):
+            return False
+        with sftp.open(path, "rb") as f:
+            f.prefetch(len(data))
+            got = hashlib.sha256(f.read(len(data) + 1)).digest()
+    except (FileNotFoundError, IOError):
+        return False
+    return got == hashlib.sha256(data).digest()
+
+
 def ensure_gcpdl(session: Any, report: Callable[[str], None], python: str | None = None) -> str:
     """Upload the wheel if the VM lacks it and make the venv; return the command prefix that runs
     gcpdl there (``PYTHONPATH=WHEEL PY -m gcpdl``)."""
@@ -182,11 +197,7 @@ def ensure_gcpdl(session: Any, report: Callable[[str], None], python: str | None
             except FileNotFoundError:
                 sftp.mkdir(d, 0o700)
         path = f"{wheels}/{name}"
-        try:
-            present = sftp.stat(path).st_size == len(data)
-        except FileNotFoundError:
-            present = False
-        if not present:
+        if not _same_file(sftp, path, data):
             report(f"Shipping gcpdl to the VM ({len(data) // 1024} KB)...")
             tmp = path + ".tmp"
             with sftp.open(tmp, "wb") as f:

@@ -11,8 +11,8 @@ listing before anything is fetched again, so an uncommitted batch costs a read, 
 
 from __future__ import annotations
 
+import errno
 import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -38,6 +38,25 @@ def state_dir(dest: Path) -> Path:
     return dest / STATE_DIRNAME
 
 
+def _is_full(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+; the VM's may be older
+    if code is not None:
+        return code & 0xFF == 13  # SQLITE_FULL
+    return "disk is full" in str(e)
+
+
+def _state_error(e: sqlite3.Error, dest: Path, path: Path, opening: bool) -> SyncError:
+    """SQLite's own words are no error message: a full disk is the full disk the data path would
+    report, anything else names the file and what to do."""
+    from gcpdl.sync.destfs import disk_error
+
+    if _is_full(e):
+        return disk_error(OSError(errno.ENOSPC, "No space left on device"), str(dest))
+    if opening:
+        return SyncError(f"Cannot open the sync state {path}: {e}.", fix=f"Remove {path.parent} and re-run.")
+    return SyncError(f"Cannot save the sync state {path}: {e}.", fix="Check the disk, then re-run: finished files are kept.")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -50,6 +69,7 @@ class State:
     """Opened once per sync; holds an exclusive lock so two syncs never share a DEST."""
 
     def __init__(self, dest: Path):
+        self.dest = dest
         self.dir = state_dir(dest)
         self.dir.mkdir(exist_ok=True)
         self._lock = open(self.dir / "lock", "a+")
@@ -72,7 +92,7 @@ class State:
             self._wmu = threading.Lock()
         except sqlite3.DatabaseError as e:
             self._lock.close()
-            raise SyncError(f"Cannot open the sync state {self.path}: {e}.", fix=f"Remove {self.dir} and re-run.") from None
+            raise _state_error(e, dest, self.path, opening=True) from None
         self._mu = threading.Lock()  # the listing thread records re-verified files too
         self._pending: list[tuple] = []
         self._deleted: list[tuple] = []
@@ -109,12 +129,18 @@ class State:
                 return
             pending, deleted = self._pending, self._deleted
             self._pending, self._deleted = [], []
-        with self._wmu, self._w:  # one transaction per batch
-            self._w.execute("BEGIN")
-            if pending:
-                self._w.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", pending)
-            if deleted:
-                self._w.executemany("DELETE FROM files WHERE path = ?", deleted)
+        # One transaction per batch. When it fails (a full disk) it is rolled back whole and its
+        # rows are dropped: their files are on disk, verified, and a re-run finds them by CRC32C
+        # (see the module doc), so the state never says more than what is there.
+        try:
+            with self._wmu, self._w:
+                self._w.execute("BEGIN")
+                if pending:
+                    self._w.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)", pending)
+                if deleted:
+                    self._w.executemany("DELETE FROM files WHERE path = ?", deleted)
+        except sqlite3.Error as e:
+            raise _state_error(e, self.dest, self.path, opening=False) from None
 
     def close(self) -> None:
         try:
@@ -123,16 +149,6 @@ class State:
             self._r.close()
             self._w.close()
             self._lock.close()
-
-
-def clear_parts(parts: Path) -> None:
-    """Part files left by a killed run are never trusted: remove them before starting."""
-    parts.mkdir(exist_ok=True)
-    for entry in os.scandir(parts):
-        try:
-            os.unlink(entry.path)
-        except IsADirectoryError:  # pragma: no cover - we never create dirs there
-            pass
 
 
 class ReadOnlyState:

@@ -13,6 +13,7 @@ each slice has its own CRC32C and the slice CRCs are combined (verify.combine_sl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 import ssl
@@ -24,8 +25,9 @@ from urllib.parse import quote, urlsplit
 import google_crc32c
 
 from gcpdl.errors import PermissionDenied, SyncError
+from gcpdl.sync.destfs import Blocked, Dest, disk_error
 from gcpdl.sync.ramp import RateLimiter, Window
-from gcpdl.sync.verify import combine_slices
+from gcpdl.sync.verify import combine_slices, fd_crc32c, fd_md5
 
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 THROTTLE_STATUSES = {429, 503}
@@ -43,6 +45,13 @@ NO_KEEPALIVE_WINDOW = 4
 # releases the GIL; copying is ~0.65 GB/s per core on a VM, the main cost of a large object).
 # 0 = inline. GCPDL_SYNC_IO_THREADS overrides.
 IO_THREADS = max(2, min(8, os.cpu_count() or 2))
+# Circuit breaker: when the endpoint has answered nothing for BREAKER_S while at least
+# BREAKER_FAILURES attempts in a row failed to connect or read, it is down: stop the whole sync
+# with one error instead of giving each object left its MAX_ATTEMPTS (113 s for 1,800 objects,
+# ~17 h for a million). Bounded by max(BREAKER_S, REQUEST_TIMEOUT) after the last answer.
+BREAKER_S = 30.0
+BREAKER_FAILURES = 8
+RETRY_AFTER_MAX = 60.0  # the longest Retry-After we wait on one retry (seconds)
 
 
 class _Timeout:
@@ -75,9 +84,33 @@ class _Timeout:
 
 
 class Retryable(Exception):
-    def __init__(self, reason: str, throttled: bool = False):
+    def __init__(self, reason: str, throttled: bool = False, retry_after: float | None = None):
         super().__init__(reason)
         self.throttled = throttled
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After)
+
+
+class EndpointDown(SyncError):
+    """Every connection to the storage endpoint has failed for BREAKER_S: the run stops."""
+
+
+def retry_after_seconds(value: str, now: float) -> float | None:
+    """Retry-After as seconds from ``now`` (wall clock): delay-seconds or an HTTP-date
+    (RFC 9110 10.2.3). None when unreadable; never negative."""
+    v = value.strip()
+    if v.isdigit():
+        return float(v)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT
+        from datetime import timezone
+
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
 
 
 class Gone(Exception):
@@ -86,18 +119,6 @@ class Gone(Exception):
 
 class ObjectFailed(Exception):
     pass
-
-
-class DiskError(SyncError):
-    pass
-
-
-def disk_error(e: OSError, dest: str) -> DiskError:
-    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
-        return DiskError(f"No space left on {dest}.", fix="Free some space or pick a bigger disk, then re-run: finished files are kept.")
-    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return DiskError(f"Cannot write to {dest}: {os.strerror(e.errno)}.", fix="Pick a writable DEST.")
-    return DiskError(f"Cannot write to {dest}: {e.strerror or e}.")
 
 
 @dataclass
@@ -185,6 +206,7 @@ class Head:
     length: int | None
     chunked: bool
     keep_alive: bool
+    retry_after: str | None = None
 
 
 async def read_head(reader: asyncio.StreamReader) -> Head:
@@ -198,6 +220,7 @@ async def read_head(reader: asyncio.StreamReader) -> Head:
     length = None
     chunked = False
     conn_hdr = b""
+    retry_after = None
     for line in lines[1:]:
         if not line:
             continue
@@ -209,10 +232,12 @@ async def read_head(reader: asyncio.StreamReader) -> Head:
             chunked = b"chunked" in v.lower()
         elif k == b"connection":
             conn_hdr = v.strip().lower()
+        elif k == b"retry-after":
+            retry_after = v.strip().decode("latin-1")
     keep = (conn_hdr == b"keep-alive") if http10 else (conn_hdr != b"close")
     if length is None and not chunked:
         keep = False  # body runs to EOF
-    return Head(status, length, chunked, keep)
+    return Head(status, length, chunked, keep, retry_after)
 
 
 async def read_body(reader: asyncio.StreamReader, head: Head) -> bytes:
@@ -267,12 +292,17 @@ class Fetcher:
         auth: Auth,
         window: Window,
         limiter: RateLimiter,
-        dest: str,
+        fs: Dest,
         user_project: str | None = None,
         slice_size: int = DEFAULT_SLICE_SIZE,
         retry_base: float = DEFAULT_RETRY_BASE,
         on_bytes: Callable[[int], None] | None = None,
         identity: str = "",
+        write_delay: float = 0.0,
+        breaker_s: float = BREAKER_S,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Any] = asyncio.sleep,
     ):
         self.endpoint = Endpoint.parse(endpoint)
         self.pool = Pool(self.endpoint)
@@ -280,11 +310,20 @@ class Fetcher:
         self.auth = auth
         self.window = window
         self.limiter = limiter
-        self.dest = dest
+        self.fs = fs
+        self.dest = fs.path
         self.slice_size = max(1 << 20, slice_size)
         self.retry_base = retry_base
         self.on_bytes = on_bytes or (lambda n: None)
         self.identity = identity
+        self.write_delay = write_delay  # seconds before each piece is written: a slow disk, for tests
+        self.breaker_s = breaker_s
+        self.clock = clock  # the breaker's
+        self.wall_clock = wall_clock  # for Retry-After dates
+        self.sleep = sleep  # every pause between attempts goes through it
+        self._last_answer = clock()
+        self._failing = 0  # attempts in a row that got no answer
+        self.down: EndpointDown | None = None
         self._path_prefix = f"{self.endpoint.base}/storage/v1/b/{quote(bucket, safe='')}/o/"
         self._suffix = "&userProject=" + quote(user_project, safe="") if user_project else ""
         self._host = f"Host: {self.endpoint.host_header}\r\n".encode()
@@ -292,6 +331,7 @@ class Fetcher:
         self.retries = 0
         from concurrent.futures import ThreadPoolExecutor
 
+        self._writes: dict[int, list[concurrent.futures.Future]] = {}
         threads = int(os.environ.get("GCPDL_SYNC_IO_THREADS", IO_THREADS))
         self.io = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gcpdl-sync-io") if threads > 0 else None
 
@@ -302,11 +342,45 @@ class Fetcher:
 
     async def _pwrite(self, fd: int, data: bytes, offset: int) -> None:
         """Copying into the page cache is the main CPU cost of a large download (~0.65 GB/s per
-        core on a VM); the I/O threads do it beside the event loop, several at once."""
+        core on a VM); the I/O threads do it beside the event loop, several at once. Every write
+        handed to a thread is remembered with its descriptor until it is done (_close_part)."""
         if self.io is None:
-            _pwrite_all(fd, data, offset)
-        else:
-            await asyncio.get_running_loop().run_in_executor(self.io, _pwrite_all, fd, data, offset)
+            _pwrite_all(fd, data, offset, self.write_delay)
+            return
+        fut = self.io.submit(_pwrite_all, fd, data, offset, self.write_delay)
+        pending = self._writes.setdefault(fd, [])
+        pending[:] = [f for f in pending if not f.done()]  # only this (the loop's) thread edits it
+        pending.append(fut)
+        await asyncio.wrap_future(fut)
+
+    def _close_part(self, fd: int) -> None:
+        """Close a part file's descriptor only when no write handed to an I/O thread can still
+        use it. A slice cancelled mid-write (another slice failed) leaves its write queued or
+        running there; closed now, the descriptor's number would go to the next file opened
+        (another object's part) and the write would land in it. This waits for at most the
+        writes of one object, and only when a download is being abandoned."""
+        pending = self._writes.pop(fd, None)
+        if pending:
+            concurrent.futures.wait(pending)
+        os.close(fd)
+
+    async def _on_disk_ok(self, part: str, expect_crc: int | None, expect_md5: str | None) -> bool:
+        """Whether the part file holds the bytes the bucket lists, read back from disk: what
+        was received was verified as it arrived, but a file written in pieces is only right if
+        every piece went where it should. Costs a read from the page cache, on an I/O thread."""
+
+        def check() -> bool:
+            fd = self.fs.open_part_for_reading(part)  # owned by this thread: opened and closed here
+            try:
+                if expect_crc is not None:
+                    return fd_crc32c(fd) == expect_crc
+                return expect_md5 is not None and _b64(fd_md5(fd)) == expect_md5
+            finally:
+                os.close(fd)
+
+        if self.io is None:
+            return check()
+        return await asyncio.get_running_loop().run_in_executor(self.io, check)
 
     # --- one request -------------------------------------------------------------------------
     def _request(self, name: str, generation: int, rng: tuple[int, int] | None, auth: bytes) -> bytes:
@@ -323,6 +397,8 @@ class Fetcher:
 
     async def _attempt(self, name: str, generation: int, rng: tuple[int, int] | None, sink, force_auth: bool):
         """One GET. ``sink(head, reader)`` consumes a 2xx body. Returns sink's value."""
+        if self.down is not None:
+            raise self.down
         await self.limiter.take()
         auth = await self.auth.header(force=force_auth)
         conn = None
@@ -334,6 +410,7 @@ class Fetcher:
                 self.requests += 1
                 writer.write(self._request(name, generation, rng, auth))
                 head = await read_head(reader)
+                self._heard()
                 if not head.keep_alive and self.window.maximum > NO_KEEPALIVE_WINDOW:
                     self.window.cap(NO_KEEPALIVE_WINDOW)
                 if 200 <= head.status < 300:
@@ -342,13 +419,13 @@ class Fetcher:
                     return value
                 body = await read_body(reader, head)
                 reusable = head.keep_alive
-                self._raise_for(head.status, body, name)
+                self._raise_for(head, body, name)
+        except TimeoutError:  # (an OSError too: before the clause below)
+            raise self._no_answer(f"no data for {REQUEST_TIMEOUT:g}s") from None
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM) and not isinstance(e, ConnectionError):
                 raise disk_error(e, self.dest) from None
-            raise Retryable(f"{type(e).__name__}: {e}") from None
-        except TimeoutError:
-            raise Retryable(f"no data for {REQUEST_TIMEOUT:g}s") from None
+            raise self._no_answer(f"{type(e).__name__}: {e}") from None
         finally:
             if conn is not None:
                 if reusable:
@@ -356,9 +433,31 @@ class Fetcher:
                 else:
                     conn[1].close()
 
-    def _raise_for(self, status: int, body: bytes, name: str) -> None:
+    def _heard(self) -> None:
+        """The endpoint answered (a response head, or body bytes of a long download still
+        flowing while new connections are refused): it is not down."""
+        self._last_answer = self.clock()
+        self._failing = 0
+
+    def _no_answer(self, reason: str) -> Exception:
+        """What to raise for an attempt that got no (whole) answer: a Retryable, or, once the
+        breaker opens, the one EndpointDown every attempt in flight or to come raises."""
+        self._failing += 1
+        if self.down is None and self._failing >= BREAKER_FAILURES and self.clock() - self._last_answer >= self.breaker_s:
+            base = f"{self.endpoint.scheme}://{self.endpoint.host_header}{self.endpoint.base}"
+            self.down = EndpointDown(
+                f"Cannot reach the storage endpoint {base}: no answer for {self.breaker_s:g}s ({reason}).",
+                fix="Check the network (and GCPDL_STORAGE_ENDPOINT if set), then re-run: finished files are kept.",
+            )
+        return self.down or Retryable(reason)
+
+    def _raise_for(self, head: Head, body: bytes, name: str) -> None:
+        status = head.status
         if status in RETRY_STATUSES:
-            raise Retryable(f"HTTP {status}", throttled=status in THROTTLE_STATUSES)
+            wait = None
+            if status in THROTTLE_STATUSES and head.retry_after:
+                wait = retry_after_seconds(head.retry_after, self.wall_clock())
+            raise Retryable(f"HTTP {status}", throttled=status in THROTTLE_STATUSES, retry_after=wait)
         if status == 401:
             raise Retryable("HTTP 401 (token refresh)")
         if status == 404:
@@ -391,12 +490,36 @@ class Fetcher:
             self.retries += 1
             from gcpdl.deadline import backoff
 
-            await asyncio.sleep(backoff(attempt, base=self.retry_base, cap=10.0))
+            delay = backoff(attempt, base=self.retry_base, cap=10.0)
+            if reason.retry_after is not None:  # the server said when: never sooner, at most RETRY_AFTER_MAX
+                delay = max(delay, min(reason.retry_after, RETRY_AFTER_MAX))
+            await self.sleep(delay)
         raise ObjectFailed(str(reason))  # pragma: no cover
 
+    def _commit(self, part: str, rel: str, data: bytes | None) -> int:
+        """Write ``data`` (when given) to ``part``, rename it to ``rel``; return its mtime_ns."""
+        if data is not None:
+            fd = self.fs.open_part(part)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                st = os.fstat(fd)
+                if st.st_size != len(data):  # nothing else may write to a fresh O_EXCL part file
+                    raise ObjectFailed(f"the part file holds {st.st_size} bytes, not {len(data)}")
+                mtime_ns = st.st_mtime_ns
+            finally:
+                os.close(fd)
+        else:
+            mtime_ns = self.fs.part_stat(part).st_mtime_ns
+        self.fs.rename_into_place(part, rel)
+        return mtime_ns
+
     # --- whole objects -----------------------------------------------------------------------
-    async def fetch(self, name: str, generation: int, size: int, expect_crc: int | None, expect_md5: str | None, part: str, final: str) -> Fetched:
-        """Download, verify, rename into place. On a checksum mismatch, fetch once more."""
+    async def fetch(self, name: str, generation: int, size: int, expect_crc: int | None, expect_md5: str | None, part: str, rel: str) -> Fetched:
+        """Download into ``part`` (a name in DEST/.gcpdl/parts), verify, rename to ``rel`` (a
+        path relative to DEST). On a checksum mismatch, fetch once more. Raises Blocked when a
+        file, folder or link is in the way."""
         for verify_try in range(2):
             data = None
             if size > 2 * self.slice_size and expect_crc is not None:
@@ -404,10 +527,12 @@ class Fetcher:
             else:
                 crc, data = await self._fetch_whole(name, generation, size, part, expect_md5 if expect_crc is None else None)
             ok = crc == expect_crc if expect_crc is not None else crc is not None
+            if ok and data is None:  # written in pieces: what is on disk decides
+                ok = await self._on_disk_ok(part, expect_crc, expect_md5)
             if ok:
                 break
             if data is None:
-                _unlink(part)
+                self.fs.unlink_part(part)
         else:
             raise ObjectFailed("CRC32C mismatch twice: the downloaded bytes do not match the bucket's checksum")
         # Verified bytes are written once, then renamed into place. This runs inline: creating a
@@ -415,11 +540,14 @@ class Fetcher:
         # handing it to a thread cost more CPU than it saved (GIL hand-offs; measured on 2 cores
         # with 2,000 x 64 KB: 1.2-1.9 s CPU inline vs 2.1-2.8 s on 2 threads).
         try:
-            mtime_ns = _commit(part, final, data)
+            mtime_ns = self._commit(part, rel, data)
+        except Blocked:
+            self.fs.unlink_part(part)
+            raise
         except OSError as e:
-            _unlink(part)
+            self.fs.unlink_part(part)
             if e.errno in (errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY, errno.EEXIST):
-                raise Collision(final) from None
+                raise Blocked(rel, "folder", folder_wanted=False) from None  # made since planning
             raise disk_error(e, self.dest) from None
         return Fetched(mtime_ns, crc if crc is not None else 0)
 
@@ -440,7 +568,7 @@ class Fetcher:
             pos = 0
             digest = _md5(md5)
             try:
-                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = self.fs.open_part(part)
             except OSError as e:
                 raise disk_error(e, self.dest) from None
             try:
@@ -455,8 +583,9 @@ class Fetcher:
                     pos += len(piece)
                     self.on_bytes(len(piece))
                     tm.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
+                    self._heard()
             finally:
-                os.close(fd)
+                self._close_part(fd)
             if digest is not None and _b64(digest.digest()) != md5:
                 return None, None
             return crc, None
@@ -465,7 +594,7 @@ class Fetcher:
 
     async def _fetch_sliced(self, name: str, generation: int, size: int, part: str) -> int:
         try:
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = self.fs.open_part(part)
         except OSError as e:
             raise disk_error(e, self.dest) from None
         try:
@@ -487,7 +616,7 @@ class Fetcher:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         finally:
-            os.close(fd)
+            self._close_part(fd)
         return combine_slices([(c, b - a) for c, (a, b) in zip(crcs, ranges)])
 
     async def _fetch_slice(self, name: str, generation: int, fd: int, start: int, end: int) -> int:
@@ -509,6 +638,7 @@ class Fetcher:
                 got += len(piece)
                 self.on_bytes(len(piece))
                 tm.reschedule(asyncio.get_running_loop().time() + REQUEST_TIMEOUT)
+                self._heard()
             if got != end - start:
                 raise Retryable("short slice")
             return crc
@@ -516,54 +646,14 @@ class Fetcher:
         return await self._with_retries(name, generation, (start, end), sink)
 
 
-class Collision(Exception):
-    """A file is where a folder must go, or a folder where a file must go."""
-
-
-def _commit(part: str, final: str, data: bytes | None) -> int:
-    """Write ``data`` (when given) to ``part``, rename it to ``final``; return its mtime_ns."""
-    if data is not None:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            mtime_ns = os.fstat(fd).st_mtime_ns
-        finally:
-            os.close(fd)
-    else:
-        mtime_ns = os.stat(part).st_mtime_ns
-    os.rename(part, final)
-    return mtime_ns
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+def _pwrite_all(fd: int, data: bytes, offset: int, delay: float = 0.0) -> None:
+    if delay:
+        time.sleep(delay)
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
-
-
-def _write_file(path: str, data: bytes, dest: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    except OSError as e:
-        raise disk_error(e, dest) from None
-    try:
-        _write_all(fd, data, dest)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: Any, dest: str) -> None:
-    view = memoryview(data)
-    try:
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-    except OSError as e:
-        raise disk_error(e, dest) from None
 
 
 def _md5(expected: str | None):
@@ -584,10 +674,3 @@ def _md5_ok(data: bytes, expected: str) -> bool:
     import hashlib
 
     return _b64(hashlib.md5(data).digest()) == expected
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -9,6 +9,7 @@ polynomial.
 from __future__ import annotations
 
 import base64
+import os
 import struct
 
 from gcpdl.errors import SyncError
@@ -94,3 +95,31 @@ def combine_slices(slices: list[tuple[int, int]]) -> int:
     for c, n in slices[1:]:
         crc = crc32c_combine(crc, c, n)
     return crc
+
+
+def fd_crc32c(fd: int, chunk: int = 1 << 20) -> int:
+    """CRC32C of what is on disk behind ``fd`` (read with pread: the offset is left alone)."""
+    import google_crc32c
+
+    crc = 0
+    off = 0
+    while True:
+        data = os.pread(fd, chunk, off)
+        if not data:
+            return crc
+        crc = google_crc32c.extend(crc, data)
+        off += len(data)
+
+
+def fd_md5(fd: int, chunk: int = 1 << 20) -> bytes:
+    """MD5 digest of what is on disk behind ``fd`` (only for objects listed without a CRC32C)."""
+    import hashlib
+
+    h = hashlib.md5()
+    off = 0
+    while True:
+        data = os.pread(fd, chunk, off)
+        if not data:
+            return h.digest()
+        h.update(data)
+        off += len(data)

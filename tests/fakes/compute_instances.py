@@ -28,6 +28,8 @@ class InstancesMixin:
         check_metadata(body.get("metadata"), "resource.metadata")
         if not body.get("networkInterfaces"):
             raise ApiError(400, "Invalid value for field 'resource.networkInterfaces': ''. At least one network interface is required.")
+        for i, nic in enumerate(body["networkInterfaces"]):
+            self._nic_network(project, zone, nic, i)
         mt_name = self._machine_type_of(project, zone, body.get("machineType"))
         builtin = cat.MACHINE_TYPES[mt_name][2]
         accs = self._accelerators(project, zone, mt_name, builtin, body.get("guestAccelerators") or [])
@@ -312,12 +314,15 @@ class InstancesMixin:
         region = region_of(zone)
         nics = []
         for i, nic in enumerate(body.get("networkInterfaces") or [{}]):
-            net = (nic.get("network") or "global/networks/default").rsplit("/", 1)[-1]
+            if nic.get("subnetwork"):
+                net, sub = self._nic_network(project, zone, nic, i)
+            else:  # seeded instances (add_instance) land in the network named, existing or not
+                net = sub = (nic.get("network") or "global/networks/default").rsplit("/", 1)[-1]
             out = {
                 "kind": "compute#networkInterface",
                 "name": f"nic{i}",
                 "network": self._link(project, "global", "networks", net),
-                "subnetwork": self._link(project, "regions", region, "subnetworks", net),
+                "subnetwork": self._link(project, "regions", region, "subnetworks", sub),
                 "networkIP": f"10.128.0.{next(self._ip_counter)}",
                 "fingerprint": self._fingerprint(),
                 "stackType": "IPV4_ONLY",
@@ -330,6 +335,10 @@ class InstancesMixin:
                                         for ac in acs]
             nics.append(out)
         inst["networkInterfaces"] = nics
+        # "default" names the project's Compute Engine default service account, as the API says
+        for sa in inst.get("serviceAccounts") or []:
+            if sa.get("email") == "default":
+                sa["email"] = f"{self.project_number}-compute@developer.gserviceaccount.com"
         attached = []
         for i, d in enumerate(body.get("disks") or []):
             ip = d.get("initializeParams")
@@ -519,6 +528,12 @@ class InstancesMixin:
         inst["scheduling"].update(sched)
         op = self._new_op(project, ("zones", zone), "setScheduling", inst)
         return self._op_response(op)
+
+    def _instances_test_permissions(self, ctx: Ctx) -> tuple[int, dict]:
+        """Every permission asked is granted unless a test denied it (``deny(permission)``)."""
+        self._get_instance(ctx.project, ctx.params["zone"], ctx.params["resource"])
+        granted = [p for p in (ctx.body or {}).get("permissions") or [] if p not in self.denied]
+        return 200, ({"permissions": granted} if granted else {})
 
     def _instances_guest_attributes(self, ctx: Ctx) -> tuple[int, dict]:
         project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]

@@ -124,7 +124,9 @@ class ReadsMixin:
         p = ctx.project
         return 200, {"kind": "compute#project", "id": self.project_number, "name": p,
                      "creationTimestamp": "2024-01-15T09:00:00.000-08:00", "selfLink": LINK + f"projects/{p}",
-                     "commonInstanceMetadata": {"kind": "compute#metadata", "fingerprint": "AAAAAAAAAAA="},
+                     "commonInstanceMetadata": {"kind": "compute#metadata", "fingerprint": "AAAAAAAAAAA=",
+                                                **({"items": [{"key": k, "value": v} for k, v in self.project_metadata.items()]}
+                                                   if self.project_metadata else {})},
                      "quotas": self._quota_list(None), "defaultServiceAccount": f"{self.project_number}-compute@developer.gserviceaccount.com",
                      "xpnProjectStatus": "UNSPECIFIED_XPN_PROJECT_STATUS", "defaultNetworkTier": "PREMIUM",
                      "vmDnsSetting": "ZONAL_ONLY"}

@@ -143,6 +143,10 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             self.instances_by_key: dict[tuple[str, str], dict] = {}
             self.disks_by_key: dict[tuple[str, str], dict] = {}
             self.firewalls_by_name: dict[str, dict] = {}
+            # the default VPC (auto mode) with no rules; seed_default_rules() adds the rules a new
+            # project carries, remove_network("default") makes a project without it
+            self.networks: dict[str, dict] = {"default": {"auto": True, "id": "1000000000000000001"}}
+            self.subnets: dict[tuple[str, str], dict] = {}  # (region, name) -> custom-mode subnets
             self.operations: dict[str, Operation] = {}
             self.guest_attrs: dict[tuple[str, str], dict[str, dict[str, str]]] = {}
             self.project_quotas: dict[str, list[float]] = {m: [lim, 0.0] for m, lim in cat.PROJECT_QUOTAS.items()}
@@ -150,6 +154,8 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
                 r: {m: [lim, 0.0] for m, lim in cat.REGION_QUOTAS.items()} for r in cat.REGIONS
             }
             self.extra_images: dict[str, dict[str, int]] = {}
+            # the project's commonInstanceMetadata, e.g. {"enable-oslogin": "TRUE"} (set_project_metadata)
+            self.project_metadata: dict[str, str] = {}
             self.stockouts: dict[str, Stockout] = {}
             self.fail_rules: list[FailRule] = []
             self.denied: set[str] = set()
@@ -219,6 +225,14 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
         requestId exists for)."""
         self.fail_rules.append(FailRule(status, times, re.compile(method), re.compile(path), after))
 
+    def set_project_metadata(self, key: str, value: str | None) -> None:
+        """Project-wide metadata (commonInstanceMetadata); None removes the key."""
+        with self._lock:
+            if value is None:
+                self.project_metadata.pop(key, None)
+            else:
+                self.project_metadata[key] = value
+
     def add_image_family(self, project: str, family: str, disk_size_gb: int = 50) -> None:
         self.extra_images.setdefault(project, {})[family] = disk_size_gb
 
@@ -240,7 +254,8 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
                      labels: dict | None = None, metadata: dict | None = None, machine_type: str = "n1-standard-4",
                      gpu: tuple[str, int] | str | None = ("nvidia-tesla-t4", 1), guest_attributes: dict | None = None,
                      creation: datetime | None = None, last_start: datetime | None = None, last_stop: datetime | None = None,
-                     spot: bool = False, disk_size_gb: int = 100, tags: list[str] | None = None) -> dict:
+                     spot: bool = False, disk_size_gb: int = 100, tags: list[str] | None = None,
+                     service_account: str | None = None) -> dict:
         """Seed an instance (and its boot disk) directly, bypassing validation and operations.
 
         ``metadata`` None means {"enable-guest-attributes": "TRUE"}. ``gpu`` is ignored for
@@ -267,6 +282,8 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             }
             if spot:
                 body["scheduling"].update(provisioningModel="SPOT", instanceTerminationAction="STOP")
+            if service_account:
+                body["serviceAccounts"] = [{"email": service_account, "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}]
             inst = self._materialize(self.project, zone, body, nat_ip=nat_ip, disk_image_gb=None)
             inst["status"] = status
             if creation:
@@ -547,6 +564,7 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             "compute.instances.setScheduling": self._instances_set_scheduling,
             "compute.instances.setTags": self._instances_set_tags,
             "compute.instances.getGuestAttributes": self._instances_guest_attributes,
+            "compute.instances.testIamPermissions": self._instances_test_permissions,
             "compute.firewalls.insert": self._firewalls_insert,
             "compute.firewalls.get": self._firewalls_get,
             "compute.firewalls.list": self._firewalls_list,
@@ -585,6 +603,9 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             "compute.regionOperations.list": self._op_list,
             "compute.regionOperations.delete": self._op_delete,
             "compute.networks.get": self._networks_get,
+            "compute.networks.list": self._networks_list,
+            "compute.subnetworks.get": self._subnetworks_get,
+            "compute.subnetworks.list": self._subnetworks_list,
         }
         return h
 

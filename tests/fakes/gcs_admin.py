@@ -116,6 +116,12 @@ class GcsStandIn:
         fail_kinds: list[str] | None = None,
         reset_match: str | None = None,
         seed: int = 0,
+        retry_after: str | int | None = None,
+        stall: float = 0.0,
+        stall_count: int = 0,
+        stall_kinds: list[str] | None = None,
+        replace_match: str | None = None,
+        replace_after: int = 0,
     ) -> None:
         """Replace the fault set (anything not given is off; latency not given is the start-up one).
 
@@ -124,12 +130,17 @@ class GcsStandIn:
         fail_kinds (bucket, list, meta, media, upload). reset_mid_body: the next N media responses
         (matching reset_match, default fail_match) send headers and half the body, then RST.
         corrupt: the next N media responses matching corrupt_match get their first byte flipped
-        while x-goog-hash stays correct.
+        while x-goog-hash stays correct. retry_after: the Retry-After header of fail_status answers.
+        stall: the next stall_count requests of stall_kinds (list, media) wait this many seconds
+        before answering. replace_match/replace_after: the replace_after-th media request for a
+        matching name is answered, then the object is overwritten (new generation, bytes b"R").
         """
         self._call("POST", "faults", body={
             "latency": latency, "fail_status": fail_status, "fail_count": fail_count, "fail_match": fail_match,
             "fail_fraction": fail_fraction, "fail_kinds": fail_kinds, "reset_mid_body": reset_mid_body,
             "reset_match": reset_match, "corrupt": corrupt, "corrupt_match": corrupt_match, "seed": seed,
+            "retry_after": retry_after, "stall": stall, "stall_count": stall_count, "stall_kinds": stall_kinds,
+            "replace_match": replace_match, "replace_after": replace_after,
         })
 
     def counters(self, detail: bool = False) -> dict:

@@ -242,6 +242,29 @@ class Faults:
         self.corrupt = int(kw.get("corrupt") or 0)
         self.corrupt_match = re.compile(kw["corrupt_match"]) if kw.get("corrupt_match") else None
         self.rng = random.Random(int(kw.get("seed") or 0))
+        # Retry-After sent with fail_status answers (seconds or an HTTP-date; None: none, except
+        # the "0" that 429s have always carried)
+        self.retry_after = kw.get("retry_after")
+        # the next stall_count requests of stall_kinds wait stall seconds before answering
+        self.stall = float(kw.get("stall") or 0.0)
+        self.stall_count = int(kw.get("stall_count") or 0)
+        self.stall_kinds = set(kw.get("stall_kinds") or ())
+        # the replace_after-th media request for a name matching replace_match is answered, then
+        # the object is overwritten (new bytes, new generation): a mid-download overwrite
+        self.replace_match = re.compile(kw["replace_match"]) if kw.get("replace_match") else None
+        self.replace_after = int(kw.get("replace_after") or 0)
+
+    def take_stall(self, kind: str) -> float:
+        if self.stall_count > 0 and (not self.stall_kinds or kind in self.stall_kinds):
+            self.stall_count -= 1
+            return self.stall
+        return 0.0
+
+    def take_replace(self, subject: str) -> bool:
+        if self.replace_after > 0 and self.replace_match is not None and self.replace_match.search(subject):
+            self.replace_after -= 1
+            return self.replace_after == 0
+        return False
 
     @staticmethod
     def _hit(rx, subject: str) -> bool:
@@ -295,6 +318,14 @@ _FAIL_MESSAGES = {
 }
 
 
+def _kind_of(target: str) -> str:
+    """list / media / other, from the request target alone (for stalls, decided before dispatch)."""
+    path, _, qs = target.partition("?")
+    if "alt=media" in qs:
+        return "media"
+    return "list" if path.endswith("/o") else "other"
+
+
 # --- the server ---------------------------------------------------------------------------------
 class GcsServer:
     def __init__(self, latency: float = 0.0):
@@ -302,6 +333,7 @@ class GcsServer:
         self.reset()
 
     def reset(self) -> None:
+        self.epoch = getattr(self, "epoch", 0) + 1  # a request stalled across a reset is dropped
         self.buckets: dict[str, Bucket] = {}
         self.faults = Faults(latency=self.default_latency)
         self.counters: Counter = Counter()
@@ -351,6 +383,14 @@ class GcsServer:
                 try:
                     if not admin and self.faults.latency:
                         await asyncio.sleep(self.faults.latency)
+                    if not admin and self.faults.stall_count:
+                        stall = self.faults.take_stall(_kind_of(target))
+                        if stall:
+                            self.counters["stalls"] += 1
+                            epoch = self.epoch
+                            await asyncio.sleep(stall)
+                            if epoch != self.epoch:  # never answer (or count) into the next test
+                                break
                     try:
                         resp = self.dispatch(method, target, headers, body)
                     except Exception as e:  # a stand-in bug should read as a 500, not a hung client
@@ -473,7 +513,9 @@ class GcsServer:
             self.counters[f"faults:{status}"] += 1
             msg, reason = _FAIL_MESSAGES.get(status, (HTTPStatus(status).phrase, "backendError"))
             resp = _error(status, msg, reason)
-            if status == 429:
+            if self.faults.retry_after is not None:
+                resp.headers.append(("Retry-After", str(self.faults.retry_after)))
+            elif status == 429:
                 resp.headers.append(("Retry-After", "0"))
             return resp
         resp = self.route(method, kind, bucket_name, name, q, headers, body, base)
@@ -516,7 +558,11 @@ class GcsServer:
                 return Resp(204, b"", kind="write")
             if kind == "meta":
                 return self.json_resp(obj.resource(bucket.name, base, tree), kind)
-            return self.media(obj, headers)
+            resp = self.media(obj, headers)
+            if self.faults.take_replace(name):
+                self.counters["replaced"] += 1
+                bucket.add(Obj(name, obj.size, self.next_generation(), obj.content_type, data=b"R" * obj.size))
+            return resp
         return _error(404, "Not Found", "notFound")
 
     @staticmethod
