@@ -210,7 +210,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         ctx.progress(f"No --gpu given: creating {spec.name} with {spec.gpu_count} {spec.gpu} ({spec.machine_type}).")
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
-        raise Aborted("Nothing created.")
+        declined = Aborted("Nothing created.")
+        declined.exit_code = 0  # "n" to the price is an answer, not a failure (issue 10)
+        raise declined
 
     # The firewall rule is not needed until SSH; create it beside the VM, off the critical path.
     rule_call = fw.plan_rule(project, spec.name, ctx.ssh_from, rule)
