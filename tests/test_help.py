@@ -73,6 +73,14 @@ def test_max_hours_takes_durations_like_autostop(value, hours):
     assert json.loads(result.stdout)["max_hours"] == hours
 
 
+@pytest.mark.parametrize("value", ["-1", "-30m", "nan"])
+def test_max_hours_out_of_range_is_the_range_error(value):
+    """Numbers (and durations) out of range reach gcpdl.spec's range check, as a plain float did."""
+    result = CliRunner().invoke(cli, ["up", "box", "--project", "p", "--zone", "us-central1-a", "--dry-run", "--max-hours", value])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: Invalid --max-hours ") and "expected hours like" not in result.stderr
+
+
 def test_max_hours_nonsense_is_one_error_line():
     result = CliRunner().invoke(cli, ["up", "box", "--project", "p", "--zone", "us-central1-a", "--dry-run", "--max-hours", "soon"])
     assert result.exit_code == 2

