@@ -29,7 +29,7 @@ def _commands_section(text: str) -> list[str]:
 def test_no_arguments_prints_help_and_exits_0():
     result = CliRunner().invoke(cli, [])
     assert result.exit_code == 0
-    assert result.stdout.startswith("Usage: gcpdl")
+    assert result.stdout.startswith("Usage: ")  # `gcpdl` for users; CliRunner names it after the function
     assert "gcpdl doctor" in result.stdout.split("Options:")[0]  # doctor is the first thing to run
 
 
@@ -67,7 +67,7 @@ def test_verbose_after_the_subcommand(env):
 
 @pytest.mark.parametrize("value,hours", [("2h", 2.0), ("90m", 1.5), ("1.5", 1.5), ("3", 3.0)])
 def test_max_hours_takes_durations_like_autostop(value, hours):
-    result = CliRunner().invoke(cli, ["up", "box", "--project", "p", "--zone", "us-central1-a", "--dry-run", "--json",
+    result = CliRunner().invoke(cli, ["up", "box", "--project", "my-project", "--zone", "us-central1-a", "--dry-run", "--json",
                                       "--max-hours", value])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["max_hours"] == hours
@@ -76,13 +76,13 @@ def test_max_hours_takes_durations_like_autostop(value, hours):
 @pytest.mark.parametrize("value", ["-1", "-30m", "nan"])
 def test_max_hours_out_of_range_is_the_range_error(value):
     """Numbers (and durations) out of range reach gcpdl.spec's range check, as a plain float did."""
-    result = CliRunner().invoke(cli, ["up", "box", "--project", "p", "--zone", "us-central1-a", "--dry-run", "--max-hours", value])
+    result = CliRunner().invoke(cli, ["up", "box", "--project", "my-project", "--zone", "us-central1-a", "--dry-run", "--max-hours", value])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: Invalid --max-hours ") and "expected hours like" not in result.stderr
 
 
 def test_max_hours_nonsense_is_one_error_line():
-    result = CliRunner().invoke(cli, ["up", "box", "--project", "p", "--zone", "us-central1-a", "--dry-run", "--max-hours", "soon"])
+    result = CliRunner().invoke(cli, ["up", "box", "--project", "my-project", "--zone", "us-central1-a", "--dry-run", "--max-hours", "soon"])
     assert result.exit_code == 2
     assert result.stderr == "Error: Invalid --max-hours 'soon': expected hours like 2h or 1.5, or minutes like 90m.\n"
 
@@ -144,7 +144,7 @@ def test_on_a_terminal_problem_fix_and_doctor_on_separate_lines(gcp):
 
 
 def test_credentials_error_points_at_doctor_on_a_terminal(monkeypatch):
-    monkeypatch.setenv("GCPDL_PROJECT", "p")
+    monkeypatch.setenv("GCPDL_PROJECT", "my-project")
     rc, out = _run_in_pty(["status"], 120, dict(os.environ))
     assert rc == 1
     lines = out.strip("\n").splitlines()
@@ -195,10 +195,10 @@ def test_completion_offers_cached_vm_names_and_gpus(isolated_env):
 
     from gcpdl.compute.lookup import VmCache
 
-    VmCache().remember("p1", [SimpleNamespace(name="box", zone="us-central1-a", instance_id="1"),
+    VmCache().remember("proj-one", [SimpleNamespace(name="box", zone="us-central1-a", instance_id="1"),
                               SimpleNamespace(name="lab", zone="us-east1-c", instance_id="2")])
-    VmCache().remember("p2", [SimpleNamespace(name="other", zone="us-east1-c", instance_id="3")])
-    env = {**os.environ, "GCPDL_PROJECT": "p1"}
+    VmCache().remember("proj-two", [SimpleNamespace(name="other", zone="us-east1-c", instance_id="3")])
+    env = {**os.environ, "GCPDL_PROJECT": "proj-one"}
     assert _complete("ssh ", env) == ["box", "lab"]  # only the configured project's VMs
     assert _complete("down l", env) == ["lab"]
     assert _complete("sync gs://b/d --on ", env) == ["box", "lab"]

@@ -251,7 +251,7 @@ def terminal_width(stream: Any = None) -> int | None:
     return max(40, min(80, columns or 80))
 
 
-@click.group("gcpdl", cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gcpdl")
 @click.option("--profile", envvar="GCPDL_PROFILE", help="Named profile from the gcpdl config file.")
 @click.option("-v", "--verbose", is_flag=True, help="More detail on stderr.")
