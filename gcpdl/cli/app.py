@@ -167,8 +167,9 @@ def _with_verbose(cmd: click.Command) -> click.Command:
     if cmd.context_settings.get("ignore_unknown_options"):
         return cmd  # `gcpdl ssh box -- CMD -v`: the remote command's own options stay its own
     if not any("-v" in p.opts or "--verbose" in p.opts for p in cmd.params):
-        cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, callback=set_verbose,
-                                       help="More detail on stderr."))
+        # only the short flag: a long --verbose here would join click's "Did you mean" guesses
+        cmd.params.append(click.Option(["-v"], is_flag=True, expose_value=False, callback=set_verbose,
+                                       help="More detail on stderr (as gcpdl -v)."))
     for sub in getattr(cmd, "commands", {}).values():
         _with_verbose(sub)
     return cmd
