@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 COMPUTE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 STORAGE_READ_SCOPES = ["https://www.googleapis.com/auth/devstorage.read_only"]
 DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
+DEFAULT_SERVICEUSAGE_ENDPOINT = "https://serviceusage.googleapis.com"
 DEFAULT_OSLOGIN_ENDPOINT = "https://oslogin.googleapis.com"
 DEFAULT_RESOURCEMANAGER_ENDPOINT = "https://cloudresourcemanager.googleapis.com"
 DEFAULT_IAM_ENDPOINT = "https://iam.googleapis.com"
@@ -373,6 +374,12 @@ class ClientFactory:
         from google.auth.transport.requests import AuthorizedSession
 
         return AuthorizedSession(self.credentials())
+
+    # --- Service Usage (enabling APIs: `gcpdl doctor --fix`) -----------------------------------
+    @property
+    def serviceusage_endpoint(self) -> str:
+        """Root of the Service Usage REST API; requests go through ``session``."""
+        return (self.settings.serviceusage_endpoint or DEFAULT_SERVICEUSAGE_ENDPOINT).rstrip("/")
 
     # --- OS Login and the APIs its checks need (plain REST on the same session) ----------------
     @property

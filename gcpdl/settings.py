@@ -187,8 +187,9 @@ SETTINGS: dict[str, Setting] = {
     "network": Setting(parse_resource_name, ("GCPDL_NETWORK",)),  # VPC network for new VMs (default: default)
     "subnet": Setting(parse_resource_name, ("GCPDL_SUBNET",)),  # its subnetwork (default: the region's own, or its only one)
     # the APIs OS Login needs (tests' stand-ins, or Private Service Connect): root URLs only
+    "serviceusage_endpoint": Setting(parse_url, ("GCPDL_SERVICEUSAGE_ENDPOINT",)),  # doctor --fix enables Compute there
     "oslogin_endpoint": Setting(parse_url, ("GCPDL_OSLOGIN_ENDPOINT",)),
-    "resourcemanager_endpoint": Setting(parse_url, ("GCPDL_RESOURCEMANAGER_ENDPOINT",)),  # doctor's permission checks
+    "resourcemanager_endpoint": Setting(parse_url, ("GCPDL_RESOURCEMANAGER_ENDPOINT",)),  # doctor's permission checks; --fix's project list
     "iam_endpoint": Setting(parse_url, ("GCPDL_IAM_ENDPOINT",)),  # actAs on the VM's service account
     "oauth2_endpoint": Setting(parse_url, ("GCPDL_OAUTH2_ENDPOINT",)),  # tokeninfo: the account of user credentials
     "account": Setting(parse_account, ("GCPDL_ACCOUNT",)),  # the Google account gcpdl acts as (OS Login)
@@ -250,6 +251,7 @@ class Settings:
     zones: list[str] = field(default_factory=list)
     compute_endpoint: str | None = None
     storage_endpoint: str | None = None
+    serviceusage_endpoint: str | None = None
     oslogin_endpoint: str | None = None
     resourcemanager_endpoint: str | None = None
     iam_endpoint: str | None = None

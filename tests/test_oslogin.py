@@ -399,7 +399,7 @@ def test_up_refused_at_the_price_prompt_imports_nothing(gcp, uenv, monkeypatch):
     gcp.set_project_metadata("enable-oslogin", "TRUE")
     monkeypatch.setenv("GCPDL_CONFIRM_ABOVE", "0")
     r = CliRunner().invoke(cli, ["up", "box", "--cpu-only", "--no-wait"], input="n\n")
-    assert r.exit_code != 0
+    assert r.exit_code == 0 and r.stderr.splitlines()[-1] == "Nothing created."  # issue 10: "n" is an answer
     assert uenv.imports() == [] and gcp.instances() == []
 
 

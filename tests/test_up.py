@@ -345,9 +345,9 @@ def test_count_above_zone_maximum():
 def test_price_above_threshold_asks_and_no_means_nothing_created(env, monkeypatch):
     monkeypatch.setenv("GCPDL_CONFIRM_ABOVE", "0.10")
     result = run("up", "box", "--gpu", "t4", input="n\n")
-    assert result.exit_code == 1
+    assert result.exit_code == 0  # "n" is an answer, not an error (issue 10)
     assert "This VM costs about $" in result.stderr
-    assert result.stderr.splitlines()[-1] == "Error: Nothing created."
+    assert result.stderr.splitlines()[-1] == "Nothing created."
     assert mutations(env) == []
 
 

@@ -18,7 +18,7 @@ def ssh(app: App, name: str, command: tuple[str, ...], project: str | None, zone
     """Open a shell on VM NAME, or run CMD there and exit with its exit code.
 
     \b
-    gcpdl ssh box                  interactive shell (the system ssh, via ~/.ssh/config)
+    gcpdl ssh box                  interactive shell (system ssh, ~/.ssh/config)
     gcpdl ssh box -- nvidia-smi    run one command
     """
     import os

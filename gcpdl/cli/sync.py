@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import dry_run_option, json_option, project_option, zone_option
+from gcpdl.cli.options import complete_vm_names, dry_run_option, json_option, project_option, zone_option
 from gcpdl.errors import InvalidInput, SyncError, SyncIncomplete
 
 LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
@@ -18,9 +18,9 @@ LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 @click.command("sync")
 @click.argument("source", metavar="gs://BUCKET[/PREFIX]")
 @click.argument("dest", required=False, type=click.Path(file_okay=True, dir_okay=True, path_type=Path))
-@click.option("--on", "on_vm", metavar="NAME", help="Run on this gcpdl VM (the data never passes through here).")
+@click.option("--on", "on_vm", metavar="NAME", shell_complete=complete_vm_names, help="Run on this gcpdl VM (the data never passes through here).")
 @click.option("--local", is_flag=True, help="Run on this machine instead of on a VM.")
-@click.option("--jobs", "-j", type=int, default=64, show_default=True, help="Requests in flight.")
+@click.option("--jobs", "-j", type=int, default=64, help="Requests in flight (default: 64).")
 @click.option("--delete", is_flag=True, help="Remove files in DEST that are not in the bucket (only inside DEST).")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable), e.g. '*.jpg'.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip paths matching GLOB (repeatable).")
@@ -60,8 +60,8 @@ def sync(
 
     \b
     gcpdl sync gs://my-data/imagenet ./imagenet --local
-    gcpdl sync gs://my-data/imagenet --on box           (to /data/imagenet on the VM)
-    gcpdl sync gs://my-data/imagenet                    (onto the one running gcpdl VM)
+    gcpdl sync gs://my-data/imagenet --on box    (to /data/imagenet on the VM)
+    gcpdl sync gs://my-data/imagenet             (onto the one running gcpdl VM)
     """
     from gcpdl.sync.url import parse_gs_url
 
@@ -107,6 +107,10 @@ def sync(
     reporter = _Reporter(app)
     try:
         summary = run_sync(opts, app.factory(), on_progress=reporter.update, on_warning=app.warn)
+    except KeyboardInterrupt:
+        reporter.close()
+        app.say("Interrupted. Finished files are kept; re-run the same command to resume.")
+        raise click.exceptions.Exit(130)
     finally:
         reporter.close()
     data = summary.as_dict()
@@ -138,9 +142,23 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
     expect = expect_for_vm(factory, name, zone, target_dest)  # the disk and network that bound it
     if expect is not None:
         app.say(expect.before)
-    result = remote.run_remote(
-        session, [source, target_dest, *flags], remote.forwarded_env(), app.say, python=os.environ.get("GCPDL_REMOTE_PYTHON")
-    )
+    reporter = _Reporter(app)
+    try:
+        result = remote.run_remote(
+            session, [source, target_dest, *flags], remote.forwarded_env(), app.say, python=os.environ.get("GCPDL_REMOTE_PYTHON"),
+            on_progress=reporter.update,
+        )
+    except remote.RemoteInterrupted as e:
+        reporter.close()
+        if e.stopped:
+            app.say(f"Interrupted. Stopped the sync on {name}; finished files are kept. Re-run the same command to resume.")
+        else:
+            stop = f"gcpdl ssh {name} -- kill -INT {e.pid}" if e.pid else f"gcpdl ssh {name} -- pkill -INT -f 'gcpdl sync'"
+            app.say(f"Interrupted here, but the sync may still be running on {name}. Stop it with: {stop}")
+            app.say("Re-run the same command to resume once it has stopped.")
+        raise click.exceptions.Exit(130)
+    finally:
+        reporter.close()
     after = None
     if result.summary is not None:
         result.summary["vm"] = name
@@ -192,19 +210,32 @@ class _Reporter:
 
     def __init__(self, app: App):
         self.app = app
+        import os
+
+        from gcpdl.sync.progress import RECORD_ENV
+
+        self.records = bool(os.environ.get(RECORD_ENV))
         self.tty = sys.stderr.isatty()
         self.bar = None
         self.task = None
         self.last_line = time.monotonic()
 
     def update(self, p) -> None:
+        from gcpdl.sync.progress import RECORD_EVERY, eta_text, to_record
+
+        if self.records:  # the engine on a VM: records for the machine that started it
+            now = time.monotonic()
+            if now - self.last_line >= RECORD_EVERY or (p.listing_done and p.bytes_done >= p.bytes_total):
+                self.last_line = now
+                click.echo(to_record(p), err=True)
+            return
         if self.tty:
             self._bar(p)
             return
         now = time.monotonic()
         if now - self.last_line >= LINE_EVERY:
             self.last_line = now
-            eta = f", ETA {p.eta:.0f}s" if p.eta is not None else ""
+            eta = f", {eta_text(p.eta)}" if p.eta is not None else ""
             total = f"{p.files_total}" + ("" if p.listing_done else "+")
             self.app.say(
                 f"{p.files_done}/{total} files, {_mb(p.bytes_done)}/{_mb(p.bytes_total)},"
@@ -212,25 +243,30 @@ class _Reporter:
             )
 
     def _bar(self, p) -> None:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn
+
+        from gcpdl.sync.progress import eta_text
 
         if self.bar is None:
             from rich.console import Console
 
             self.bar = Progress(
                 TextColumn("{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
+                TaskProgressColumn(),
                 DownloadColumn(),
-                TransferSpeedColumn(),
+                TextColumn("{task.fields[rate]}"),
                 TextColumn("{task.fields[files]}"),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[eta]}"),
                 console=Console(stderr=True),
                 transient=False,
             )
             self.bar.start()
-            self.task = self.bar.add_task("sync", total=None, files="")
-        files = f"{p.files_done}/{p.files_total}{'' if p.listing_done else '+'} files, {p.files_per_s:.0f}/s"
-        self.bar.update(self.task, completed=p.bytes_done, total=p.bytes_total if p.listing_done else None, files=files)
+            self.task = self.bar.add_task("sync", total=None, files="", rate="", eta="")
+        # rate and ETA from the engine's own counters: right for a relayed bar too
+        files = f"{p.files_done}/{p.files_total}{'' if p.listing_done else '+'} files"
+        self.bar.update(self.task, completed=p.bytes_done, total=p.bytes_total if p.listing_done else None, files=files,
+                        rate=f"{p.mb_per_s:.1f} MB/s", eta=eta_text(p.eta))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -5,20 +5,20 @@ from __future__ import annotations
 import click
 
 from gcpdl.cli.app import App
-from gcpdl.cli.options import dry_run_option, json_option, name_argument, project_option, yes_option, zone_option
+from gcpdl.cli.options import complete_gpus, dry_run_option, json_option, name_argument, parse_hours, project_option, yes_option, zone_option
 
 DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on the network
 
 
 @click.command()
 @name_argument
-@click.option("--gpu", metavar="GPU[:COUNT]", help="t4, p4, p100, v100, l4, a100, a100-80gb or h100, with an optional count (t4:2). Default: t4 for a new VM; an existing VM restarts as it is.")
+@click.option("--gpu", metavar="GPU[:COUNT]", shell_complete=complete_gpus, help="t4, p4, p100, v100, l4, a100, a100-80gb or h100, with an optional count (t4:2). Default: t4 for a new VM; an existing VM restarts as it is.")
 @click.option("--cpu-only", is_flag=True, help="No GPU.")
 @click.option("--machine", metavar="TYPE", help="Machine type instead of the default for the GPU (checked for compatibility).")
 @click.option("--image-family", help="Image family (default: a Deep Learning VM family for the GPU).")
 @click.option("--image-project", help="Project of --image-family (default: deeplearning-platform-release).")
-@click.option("--disk", metavar="GB", help="Boot disk size in GB (default 100).")
-@click.option("--disk-type", help="Boot disk type: pd-balanced (default), pd-ssd, pd-standard, ...")
+@click.option("--disk", metavar="GB", help="Boot disk size in GB (default: 100).")
+@click.option("--disk-type", help="Boot disk type: pd-balanced, pd-ssd or pd-standard (default: pd-balanced).")
 @click.option("--data-disk", metavar="GB", help="Also create a persistent data disk NAME-data of this size; it outlives `down`.")
 @click.option("--data-disk-type", metavar="TYPE",
               help="pd-balanced (default), pd-ssd, pd-standard or hyperdisk-balanced (G2, A3; not N1 or A2): the plan shows its write speed.")
@@ -27,13 +27,13 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--local-ssd", type=int, metavar="N",
               help="N local NVMe SSDs (375 GB each), striped at /scratch: fastest, but wiped when the VM stops.")
 @click.option("--spot", is_flag=True, help="Spot VM: much cheaper, may be preempted (it then stops and keeps its disk).")
-@click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default 60m).")
-@click.option("--max-hours", type=float, metavar="N", help="Stop the VM after N hours of running, whatever happens.")
+@click.option("--autostop", metavar="60m|2h|off", help="Stop the VM after this long idle (default: 60m).")
+@click.option("--max-hours", metavar="2h|90m", help="Stop the VM after this long running, whatever happens (a number alone is hours).")
 @click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
 @click.option("--network", metavar="NAME", help="VPC network for the VM and its firewall rules (default: default).")
 @click.option("--subnet", metavar="NAME", help="Subnetwork in the zone's region (default: the region's own or only one).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect.")
+@click.option("--wait/--no-wait", default=True,
+              help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect (default: --wait).")
 @zone_option
 @project_option
 @yes_option
@@ -52,6 +52,7 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     from gcpdl import spec as specs
     from gcpdl.compute import lifecycle
 
+    max_hours = parse_hours(max_hours)
     settings = app.settings(project=project, zone=zone)
     vm = specs.build_spec(
         name, gpu=gpu, cpu_only=cpu_only, machine=machine, image_family=image_family, image_project=image_project,
@@ -96,17 +97,26 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     factory.credentials()  # missing credentials is the likelier problem: say so before any lookup
     if source is None:
         source = firewall.ssh_source(None)
+    waits = WaitLine(name)
     ctx = lifecycle.UpContext(
         compute=compute,
         zones=[first] + [z for z in candidates if z != first],
         ssh_from=source,
-        progress=app.say,
-        confirm=None if yes else _confirm,
+        progress=waits.say,
+        confirm=None if yes else waits.paused(_confirm),
         confirm_above=settings.confirm_above,
-        ready=_ready_step(factory, app) if wait else None,
+        ready=_ready_step(factory, waits) if wait else None,
         network_given=vm.network != "default",  # a missing `default` gets the fix that creates it
     )
-    result = lifecycle.up(ctx, vm)
+    try:
+        result = lifecycle.up(ctx, vm)
+        waits.close(done=True)
+    except lifecycle.UpInterrupted as e:
+        waits.close()
+        app.say(interrupted_message(e))
+        raise click.exceptions.Exit(130)
+    finally:
+        waits.close()
     if app.verbose:
         app.say(f"{result.api_calls} Compute API requests.")
     for diff in result.differences:
@@ -162,10 +172,170 @@ def _oslogin_for_plan(app: App, project: str | None, zone: str | None):
     return login, {"checked": True, "enabled": login.oslogin, "user": login.user or None, "detail": login.detail}
 
 
-def _ready_step(factory, app: App):
+def _ready_step(factory, waits: "WaitLine"):
     from gcpdl.ssh.ready import ready_hook
 
-    return ready_hook(factory, app.say)
+    return ready_hook(factory, waits.say, stage=waits.stage)
+
+
+def interrupted_message(e) -> str:
+    """Ctrl-C after the VM was asked for: what exists, what it costs, and the two ways on."""
+    if e.running:
+        what = f"VM {e.name} is running in {e.zone}"
+    else:
+        what = f"VM {e.name} was already requested in {e.zone}, so it exists (or will in a moment)"
+    rule = (f"Its SSH rule {e.rule_name} is in place." if e.ssh_rule
+            else f"Its SSH rule {e.rule_name} could not be made, so SSH is closed; `gcpdl up {e.name}` makes it.")
+    return "\n".join([
+        f"Interrupted. {what} and costs about ${e.price_per_hour:.2f}/h until you stop or delete it.",
+        rule,
+        f"  resume:  gcpdl up {e.name}",
+        f"  delete:  gcpdl down {e.name}",
+    ])
+
+
+# what lifecycle's "...ing NAME in ZONE..." waits usually take
+TYPICAL_BY_PREFIX = {"Creating ": "usually under a minute", "Starting ": "usually under a minute"}
+
+
+class WaitLine:
+    """`up`'s waits on stderr. On a terminal, one live line for the current stage with the time
+    spent and the usual duration, redrawn every second, and where the startup log is; anywhere
+    else, one plain line per stage with the time since `up` began ("[1:05] installing ...").
+    ``say`` is lifecycle's progress callback (a message ending in "..." starts a wait), ``stage``
+    gcpdl.ssh.ready's (a stage key)."""
+
+    TICK = 1.0
+
+    def __init__(self, name: str, stream=None, clock=None, live: bool | None = None):
+        import sys
+        import threading
+        import time
+
+        from gcpdl.cli.app import terminal_width
+
+        self.name = name
+        self.stream = stream or sys.stderr
+        self.clock = clock or time.monotonic
+        width = terminal_width(self.stream)
+        self.live = (width is not None) if live is None else live
+        self.width = width or 80
+        self.began = self.clock()
+        self.label: str | None = None
+        self.typical: str | None = None
+        self.since = self.began
+        self.log_shown = False
+        self.drawn = False
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- callbacks ------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        if message == "ready":  # the text form of the last stage
+            self.stage("ready")
+        elif message.endswith("...") and "\n" not in message:
+            typical = next((t for p, t in TYPICAL_BY_PREFIX.items() if message.startswith(p)), None)
+            self._begin(message[:-3], typical)
+        else:
+            with self._lock:
+                self._clear()
+                self._write(message + "\n")
+                self._draw()
+
+    def stage(self, key: str) -> None:
+        from gcpdl.ssh.ready import STAGES, TYPICAL, stage_label, startup_log_command
+
+        if key == "ready":
+            self._end()
+            return
+        if key in STAGES and not self.log_shown:
+            self.log_shown = True
+            self.say(f"Setup log: {startup_log_command(self.name)}")
+        self._begin(stage_label(key), TYPICAL.get(key))
+
+    def paused(self, fn):
+        """``fn`` (a prompt) with the live line cleared while it asks."""
+
+        def call(*args, **kwargs):
+            with self._lock:
+                self._clear()
+                self.label = None
+            return fn(*args, **kwargs)
+
+        return call
+
+    def close(self, done: bool = False) -> None:
+        """Stop drawing. ``done``: the last wait ended well (else it is left as it stood)."""
+        self._stop.set()
+        self._end(done)
+
+
+    # --- drawing --------------------------------------------------------------------------
+    def _begin(self, label: str, typical: str | None) -> None:
+        with self._lock:
+            self._end()
+            self.label, self.typical, self.since = label, typical, self.clock()
+            if self.live:
+                self._draw()
+                self._start_ticker()
+            else:
+                usual = f" ({typical})" if typical else ""
+                self._write(f"[{_clock(self.since - self.began)}] {label}...{usual}\n")
+
+    def _end(self, done: bool = True) -> None:
+        with self._lock:
+            if self.label is not None and self.live:
+                self._clear()
+                spent = _duration(self.clock() - self.since)
+                self._write(f"{self.label}: done in {spent}\n" if done else f"{self.label}... {spent}\n")
+            self.label = None
+
+    def line(self) -> str:
+        usual = f"  ({self.typical})" if self.typical else ""
+        text = f"{self.label}... {_duration(self.clock() - self.since)}{usual}"
+        return text[: self.width - 1]
+
+    def _draw(self) -> None:
+        if self.live and self.label is not None:
+            self._write("\r\x1b[K" + self.line())
+            self.drawn = True
+
+    def _clear(self) -> None:
+        if self.live and self.drawn:
+            self._write("\r\x1b[K")
+            self.drawn = False
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _start_ticker(self) -> None:
+        import threading
+
+        if self._thread is not None:
+            return
+
+        def tick() -> None:
+            while not self._stop.wait(self.TICK):
+                with self._lock:
+                    self._draw()
+
+        self._thread = threading.Thread(target=tick, name="gcpdl-waitline", daemon=True)
+        self._thread.start()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds}s" if seconds < 60 else f"{seconds // 60}m {seconds % 60:02d}s"
 
 
 def _candidates(zone: str | None, zones: list[str]) -> list[str]:

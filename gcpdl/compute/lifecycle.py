@@ -152,6 +152,16 @@ class UpContext:
     # verified host key, Jupyter, ~/.ssh config. Its return value becomes UpResult.ssh.
     ready: Callable[[Instance, Deadline], Any] | None = None
     network_given: bool = False  # the user named the network (--network, setting): a missing one is their typo
+    inserting: str | None = None  # zone where the instance insert was sent (Ctrl-C may leave a VM)
+
+
+class UpInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `up` after the VM was asked for: what exists, so the CLI can say it."""
+
+    def __init__(self, name: str, zone: str, price_per_hour: float, ssh_rule: bool, rule_name: str, running: bool = False):
+        super().__init__(name)
+        self.name, self.zone, self.price_per_hour = name, zone, price_per_hour
+        self.ssh_rule, self.rule_name, self.running = ssh_rule, rule_name, running
 
 
 def up(ctx: UpContext, spec: VmSpec) -> UpResult:
@@ -231,7 +241,9 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         ctx.progress(f"No --gpu given: creating {spec.name} with {spec.gpu_count} {spec.gpu} ({spec.machine_type}).")
     price = price_for(spec, first)
     if ctx.confirm is not None and price > ctx.confirm_above and not ctx.confirm(price):
-        raise Aborted("Nothing created.")
+        declined = Aborted("Nothing created.")
+        declined.exit_code = 0  # "n" to the price is an answer, not a failure (issue 10)
+        raise declined
     # With OS Login on, gcpdl's key goes into the caller's profile (never ssh-keys) and the
     # startup script runs Jupyter as their POSIX user. Only now: a refused `up` imports nothing.
     if oslogin.setting({}).enabled:
@@ -256,6 +268,17 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
             before_insert = f_deny.result if f_deny is not None else None
             created = _create_in_zones(ctx, spec, first, queue, create_deadline, tuple(disk_zones), extras, choice,
                                        before_insert)
+        except KeyboardInterrupt:
+            if ctx.inserting is None:  # no create request went out: nothing bills, undo the rules
+                if _settle(f_fw):
+                    _cleanup(ctx, rq.firewall_delete(project, spec.name), f"firewall rule {rq.firewall_name(spec.name)}")
+                if _settle(f_deny):
+                    _cleanup(ctx, rq.deny_delete(project, spec.name), f"firewall rule {rq.deny_rule_name(spec.name)}")
+                raise
+            # The VM was asked for and will run (and bill) without us: never leave it without its
+            # SSH rule silently. Let the rule's own request finish, then say what exists.
+            rule_ok = f_fw is None or f_fw.exception() is None
+            raise UpInterrupted(spec.name, ctx.inserting, price_for(spec, ctx.inserting), rule_ok, rq.firewall_name(spec.name)) from None
         except BaseException:
             # only rules this run created are removed
             if _settle(f_fw):
@@ -297,7 +320,11 @@ def _finish(ctx: UpContext, result: UpResult) -> UpResult:
     """--- SSH step (issue 3) --- the VM exists and runs; make it usable, under its own deadline."""
     lookup.remember(ctx.compute, result.instance)
     if ctx.ready is not None:
-        result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
+        try:
+            result.ssh = ctx.ready(result.instance, ctx.compute.new_deadline(READY_TIMEOUT, f"{result.instance.name} to be ready"))
+        except KeyboardInterrupt:
+            inst = result.instance
+            raise UpInterrupted(inst.name, inst.zone, result.price_per_hour, True, result.firewall_rule or "", running=True) from None
     result.api_calls = ctx.compute.calls
     return result
 
@@ -356,10 +383,12 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
                                     subnet=choice.subnet_for(zone) if choice else spec.subnet)
             if before_insert is not None:
                 before_insert()
+            ctx.inserting = zone  # from here a Ctrl-C may leave a VM behind (UpInterrupted says so)
             compute.run(rq.instance_insert(project, zone, body), deadline)
             ctx.attempts.append(ZoneAttempt(zone, "created"))
             return zone
         except (Stockout, QuotaExceeded) as e:
+            ctx.inserting = None  # refused: no VM
             if created_disk:
                 _cleanup(ctx, rq.disk_delete(project, zone, spec.data_disk_name), f"data disk {spec.data_disk_name}")
             api = getattr(e, "api_error", None)
@@ -378,8 +407,9 @@ def _create_in_zones(ctx: UpContext, spec: VmSpec, first: str, queue: list[str],
             if len(tried) >= zn.MAX_ZONE_ATTEMPTS:
                 queue = []
             zone = queue.pop(0) if queue else None
-        except BaseException:
-            if created_disk:
+        except BaseException as e:
+            # after a Ctrl-C once the insert went out, the VM may be attaching the disk: keep it
+            if created_disk and not (isinstance(e, KeyboardInterrupt) and ctx.inserting):
                 _cleanup(ctx, rq.disk_delete(project, zone, spec.data_disk_name), f"data disk {spec.data_disk_name}")
             raise
     summary = "; ".join(f"{a.zone}: {a.outcome}" for a in ctx.attempts)
@@ -426,7 +456,11 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny
             ctx.progress(f"{spec.name} is already running in {inst.zone}.")
         else:
             ctx.progress(f"Starting {spec.name} in {inst.zone}...")
-            inst = _start(compute, inst, deadline, ctx.now)
+            try:
+                inst = _start(compute, inst, deadline, ctx.now)
+            except KeyboardInterrupt:  # the start was asked for: say it runs (and bills)
+                rule_ok = f_fw is None or f_fw.exception() is None
+                raise UpInterrupted(spec.name, inst.zone, _price_of(inst), rule_ok, rq.firewall_name(spec.name), running=True) from None
             action = "started"
         if f_fw is not None:
             f_fw.result()

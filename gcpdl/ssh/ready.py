@@ -16,6 +16,28 @@ from gcpdl.errors import DeadlineExceeded, GcpdlError
 from gcpdl.startup import STAGES
 
 Report = Callable[[str], None]
+Stage = Callable[[str], None]  # a stage key: one of gcpdl.startup.STAGES, or "ssh"
+
+# What each wait usually takes on a fresh VM (Deep Learning VM image, first boot), for the live
+# line `up` shows. The driver step dominates: DKMS builds the module for the running kernel.
+TYPICAL: dict[str, str] = {
+    "boot": "usually under a minute",
+    "driver": "usually 3-5 min",
+    "disk": "usually seconds",
+    "formatting-disk": "usually under a minute",
+    "jupyter": "usually under a minute",
+    "autostop": "usually seconds",
+    "ssh": "usually under a minute",
+}
+WAIT_LABELS: dict[str, str] = {"ssh": "waiting for SSH and Jupyter"}
+
+
+def stage_label(key: str) -> str:
+    return WAIT_LABELS.get(key) or STAGES.get(key, key)
+
+
+def startup_log_command(name: str) -> str:
+    return f"gcpdl ssh {name} -- sudo journalctl -u google-startup-scripts"
 PUBLISH_GRACE = 60.0  # seconds a new VM's guest agent gets to publish its host keys
 
 
@@ -42,25 +64,30 @@ class Ready:
         }
 
 
-def wait_startup(factory: Any, name: str, zone: str, deadline: Deadline, report: Report) -> None:
-    """Poll the startup script's progress until it says ready (or failed)."""
+def wait_startup(factory: Any, name: str, zone: str, deadline: Deadline, report: Report, stage: Stage | None = None) -> None:
+    """Poll the startup script's progress until it says ready (or failed). Each new stage goes
+    to ``stage`` as its key when given, else to ``report`` as text ("installing the NVIDIA
+    driver...")."""
     from gcpdl.ssh.target import guest_attributes
 
     seen = None
     poll = max(0.01, float(factory.settings.poll_interval))
     while True:
         attrs = guest_attributes(factory, zone, name, "gcpdl")
-        stage, error = attrs.get("stage"), (attrs.get("error") or "").strip()
+        current, error = attrs.get("stage"), (attrs.get("error") or "").strip()
         if error:
             raise StartupFailed(
                 f"Setting up VM {name} failed: {error}",
-                fix=f"Full log: gcpdl ssh {name} -- sudo journalctl -u google-startup-scripts -n 100",
+                fix=f"Full log: {startup_log_command(name)} -n 100",
             )
-        if stage and stage != seen:
-            seen = stage
-            if stage == "ready":
+        if current and current != seen:
+            seen = current
+            if current == "ready":
                 return
-            report(STAGES.get(stage, stage) + "...")
+            if stage is not None:
+                stage(current)
+            else:
+                report(STAGES.get(current, current) + "...")
         if deadline.expired():
             where = STAGES.get(seen or "", "starting up") if seen else "booting (no progress reported yet)"
             raise DeadlineExceeded(
@@ -70,7 +97,8 @@ def wait_startup(factory: Any, name: str, zone: str, deadline: Deadline, report:
         deadline.pause(min(poll, deadline.remaining()))
 
 
-def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: Report, follow_startup: bool = True) -> Ready:
+def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: Report, follow_startup: bool = True,
+               stage: Stage | None = None) -> Ready:
     """Startup progress -> SSH (host key verified, key accepted) -> Jupyter answers -> the ssh
     config block. Everything under one deadline."""
     from gcpdl.jupyter import check_reachable, find_server, JupyterNotRunning
@@ -79,7 +107,9 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
     from gcpdl.ssh.target import resolve_target
 
     if follow_startup:
-        wait_startup(factory, name, zone, deadline, report)
+        wait_startup(factory, name, zone, deadline, report, stage)
+    if stage is not None:
+        stage("ssh")
     target = _with_published_keys(factory, resolve_target(factory, name, zone), deadline, report)
     if target.oslogin:
         # with a role missing, retrying the key until the deadline would only end in a timeout
@@ -101,7 +131,10 @@ def wait_ready(factory: Any, name: str, zone: str, deadline: Deadline, report: R
                 if deadline.expired():
                     raise
                 deadline.pause(min(poll, deadline.remaining()))
-    report("ready")
+    if stage is not None:
+        stage("ready")
+    else:
+        report("ready")
     return Ready(name, target.host or "", target.instance_id, server.port, name)
 
 
@@ -130,11 +163,11 @@ def _with_published_keys(factory: Any, target: Any, deadline: Deadline, report: 
     return target
 
 
-def ready_hook(factory: Any, report: Report) -> Callable[[Any, Deadline], dict[str, Any]]:
+def ready_hook(factory: Any, report: Report, stage: Stage | None = None) -> Callable[[Any, Deadline], dict[str, Any]]:
     """The ``ready`` step of gcpdl.compute.lifecycle.UpContext: (instance with .name and .zone,
     deadline) -> what `up` prints about how to connect."""
 
     def step(instance: Any, deadline: Deadline) -> dict[str, Any]:
-        return wait_ready(factory, instance.name, instance.zone, deadline, report).as_dict()
+        return wait_ready(factory, instance.name, instance.zone, deadline, report, stage=stage).as_dict()
 
     return step

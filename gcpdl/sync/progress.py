@@ -120,3 +120,39 @@ class SyncSummary:
 
 def _plural(n: int, one: str, many: str) -> str:
     return one if n == 1 else many
+# --- progress relayed from the VM ------------------------------------------------------------
+# The engine on the VM (`sync --on`) prints each Progress as a record line on stderr when this
+# variable is set; the local side turns them back into Progress and draws its own bar or lines.
+RECORD_ENV = "GCPDL_PROGRESS_RECORDS"
+RECORD_PREFIX = "@gcpdl-progress "
+RECORD_EVERY = 0.5  # seconds between records (the local bar redraws from them)
+
+
+def to_record(p: Progress) -> str:
+    import json
+
+    return RECORD_PREFIX + json.dumps(asdict(p), separators=(",", ":"))
+
+
+def from_record(line: str) -> Progress | None:
+    """The Progress in a record line, or None if the line is not one (or is damaged)."""
+    import json
+
+    if not line.startswith(RECORD_PREFIX):
+        return None
+    try:
+        return Progress(**json.loads(line[len(RECORD_PREFIX):]))
+    except (ValueError, TypeError):
+        return None
+
+
+def eta_text(seconds: float | None) -> str:
+    """'ETA 1 h 05 min', 'ETA 12 min', 'ETA <1 min'; '' when unknown."""
+    if seconds is None or seconds <= 0:  # unknown, or nothing left
+        return ""
+    minutes = int(round(seconds / 60))
+    if seconds < 60:
+        return "ETA <1 min"
+    if minutes < 60:
+        return f"ETA {minutes} min"
+    return f"ETA {minutes // 60} h {minutes % 60:02d} min"

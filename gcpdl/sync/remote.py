@@ -116,13 +116,28 @@ def pick_vm(running: list[str]) -> str:
     )
 
 
-class _Lines:
-    """Split a byte stream into lines for a callback."""
+PID_PREFIX = "@gcpdl-pid "  # the first stderr line of the remote engine: its process id
+STOP_WAIT = 15.0  # seconds the engine on the VM gets to stop after SIGINT (in-flight parts are kept)
 
-    def __init__(self, emit: Callable[[str], None]):
+
+class RemoteInterrupted(KeyboardInterrupt):
+    """Ctrl-C here while the engine ran on the VM; ``stopped`` says whether it stopped there."""
+
+    def __init__(self, vm: str, stopped: bool, pid: int | None):
+        super().__init__(vm)
+        self.vm, self.stopped, self.pid = vm, stopped, pid
+
+
+class _Lines:
+    """Split a byte stream into lines for a callback; progress records and the engine's pid are
+    taken out of the stream."""
+
+    def __init__(self, emit: Callable[[str], None], on_progress: Callable[[Any], None] | None = None):
         self.emit = emit
+        self.on_progress = on_progress
         self.buf = b""
         self.last_error: str | None = None
+        self.pid: int | None = None
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -131,6 +146,16 @@ class _Lines:
             self._line(line.decode(errors="replace").rstrip("\r"))
 
     def _line(self, text: str) -> None:
+        from gcpdl.sync.progress import RECORD_PREFIX, from_record
+
+        if text.startswith(PID_PREFIX) and self.pid is None:
+            self.pid = int(text[len(PID_PREFIX):]) if text[len(PID_PREFIX):].isdigit() else None
+            return
+        if text.startswith(RECORD_PREFIX):
+            p = from_record(text)
+            if p is not None and self.on_progress is not None:
+                self.on_progress(p)
+            return
         if text.startswith("Error: "):
             self.last_error = text[len("Error: ") :]
             return
@@ -204,14 +229,28 @@ def ensure_gcpdl(session: Any, report: Callable[[str], None], python: str | None
     return f"PYTHONPATH={shlex.quote(path)} {shlex.quote(py)} -m gcpdl"
 
 
-def run_remote(session: Any, args: list[str], env: dict[str, str], report: Callable[[str], None], python: str | None = None) -> RemoteResult:
-    """Run `gcpdl sync ARGS --local --json` on the VM, streaming its stderr lines to ``report``."""
+def run_remote(session: Any, args: list[str], env: dict[str, str], report: Callable[[str], None], python: str | None = None,
+               on_progress: Callable[[Any], None] | None = None) -> RemoteResult:
+    """Run `gcpdl sync ARGS --local --json` on the VM, streaming its stderr lines to ``report``
+    and, with ``on_progress``, its progress as gcpdl.sync.progress.Progress values.
+
+    A Ctrl-C here stops the engine there too (SIGINT to its pid, which it reports first, so it
+    exits as a local Ctrl-C would: finished files and the state kept) and raises
+    RemoteInterrupted saying whether it stopped."""
+    from gcpdl.sync.progress import RECORD_ENV
+
     prefix = ensure_gcpdl(session, report, python)
+    if on_progress is not None:
+        env = {**env, RECORD_ENV: "1"}
     env_part = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-    cmd = f"{env_part} {prefix} sync {' '.join(shlex.quote(a) for a in args)} --local --json".strip()
-    lines = _Lines(report)
+    # `exec env ...` keeps the shell's pid for the engine, so the pid it prints is the one to signal
+    cmd = f"echo {PID_PREFIX}$$ >&2; exec env {env_part} {prefix} sync {' '.join(shlex.quote(a) for a in args)} --local --json"
+    lines = _Lines(report, on_progress)
     out: list[bytes] = []
-    r = session.run(cmd, timeout=None, stdout=out.append, stderr=lines.feed)
+    try:
+        r = session.run(cmd, timeout=None, stdout=out.append, stderr=lines.feed)
+    except KeyboardInterrupt:
+        raise RemoteInterrupted(session.target.name, stop_remote(session, lines.pid), lines.pid) from None
     lines.close()
     text = b"".join(out).decode(errors="replace").strip()
     summary = None
@@ -224,6 +263,19 @@ def run_remote(session: Any, args: list[str], env: dict[str, str], report: Calla
     if r.exit_code != 0 and error is None:
         error = f"gcpdl sync on the VM exited with {r.exit_code}" + (f": {text[:200]}" if text and summary is None else ".")
     return RemoteResult(r.exit_code, summary, error)
+
+
+def stop_remote(session: Any, pid: int | None) -> bool:
+    """SIGINT the engine on the VM and wait (bounded) until it is gone; True when it is."""
+    if pid is None:
+        return False
+    polls = int(STOP_WAIT / 0.1)
+    script = (f"kill -INT {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null; do "
+              f"i=$((i+1)); [ $i -ge {polls} ] && exit 1; sleep 0.1; done; exit 0")
+    try:
+        return session.run(f"sh -c {shlex.quote(script)}", timeout=STOP_WAIT + 10).exit_code == 0
+    except Exception:  # the connection itself is gone: we cannot tell
+        return False
 
 
 def forwarded_env() -> dict[str, str]:
