@@ -132,6 +132,39 @@ def test_a_host_key_the_agent_did_not_publish_is_refused(gcp, oslogin, vm, lab):
     assert "host key" in r.stderr.lower()
 
 
+def test_a_posix_name_the_guest_accepts_is_one_gcpdl_accepts(gcp, oslogin, vm, lab, monkeypatch):
+    """OS Login names a user after the email ("2019123@student.example.edu" logs in as
+    2019123_student_example_edu), and the guest's NSS module accepts any name matching
+    ^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,31}$ (guest-oslogin's kUserNameRegex). gcpdl must not refuse
+    such a user where the VM takes it: `up` renders the startup script for it, and that script,
+    run by the real script runner, serves Jupyter as that user."""
+    email = "2019123@student.example.edu"  # a student number, as many universities give
+    user = "2019123_student_example_edu"
+    monkeypatch.setenv("GCPDL_ACCOUNT", email)
+    monkeypatch.setenv("GCPDL_MY_IP", "203.0.113.7")
+    monkeypatch.setenv("GCPDL_ZONE", ZONE)
+    gcp.set_project_metadata("enable-oslogin", "TRUE")
+    vm.set_os_login(True)
+    try:
+        r = run("ssh", lab["name"], "--", "id", "-un")
+        assert (r.exit_code, r.stdout) == (0, f"{user}\n"), r.output
+        assert oslogin.profiles[email]["username"] == user
+
+        up = run("up", "lab2", "--cpu-only", "--yes")
+        assert up.exit_code == 0, up.output
+        script = {i["key"]: i["value"] for i in gcp.instance(ZONE, "lab2")["metadata"]["items"]}["startup-script"]
+        vm.set_attributes(**{"startup-script": script})
+        out = vm.run("google_metadata_script_runner", "startup", timeout=240.0, check=True).stdout
+        assert "startup-script exit status 0" in out, out + vm.logs()
+        assert vm.guest_attribute("gcpdl", "stage") == "ready"
+        pid = vm.read("/run/guestvm-units/gcpdl-jupyter.service.pid").strip()
+        assert vm.run("ps", "-o", "user=", "-p", pid, check=True).stdout.strip() == user
+    finally:
+        vm.run("systemctl", "stop", "gcpdl-jupyter.service", "gcpdl-autostop.service")
+        vm.set_attributes(**{"startup-script": None})
+        vm.set_os_login(False)
+
+
 # --- the adapter itself (no root needed) --------------------------------------------------------
 
 
@@ -152,3 +185,19 @@ def test_metadata_profile_is_the_api_profile_as_the_guest_reads_it(fake_oslogin)
     fake_oslogin.denied.add("compute.instances.osAdminLogin")
     assert metadata_oslogin(fake_oslogin)["authorize"]["a@example.com"] == {"login": True, "adminLogin": False}
     fake_oslogin.reset()
+
+
+@pytest.mark.parametrize("user", ["2019123_student_example_edu", "sa_106386495795634459476", "Jo.Doe_example_com", "x" * 32])
+def test_startup_script_takes_every_name_os_login_gives(user):
+    from gcpdl.startup import StartupOptions, render_startup_script
+
+    assert f"GCPDL_USER={user}\n" in render_startup_script(StartupOptions(user=user))
+
+
+@pytest.mark.parametrize("user", ["gcpdl\n", "12345", "..", "-x", "a b", "a$b", "x" * 33, ""])
+def test_startup_script_refuses_a_name_unsafe_in_a_script_or_unit(user):
+    from gcpdl.errors import InvalidInput
+    from gcpdl.startup import StartupOptions, render_startup_script
+
+    with pytest.raises(InvalidInput, match="is not a valid Linux user name"):
+        render_startup_script(StartupOptions(user=user))
