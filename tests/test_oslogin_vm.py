@@ -13,17 +13,23 @@ One guest per module; each test puts back what it changes. Skips when not root.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from gcpdl.ssh.hostkeys import host_alias, parse_guest_attributes, read_known
 from gcpdl.ssh.keys import ensure_keypair
 from tests.fixtures.guestvm import GuestVm
+from tests.fakes.oslogin_server import _default_username
 from tests.fixtures.oslogin import metadata_oslogin, serve_metadata_source
 from tests.helpers import run
 
 ZONE = "us-central1-a"
 SA_EMAIL = "gcpdl-tests@test-project.iam.gserviceaccount.com"  # the caller: the fake's service-account key
 VM_SA = "123456789012-compute@developer.gserviceaccount.com"
+# OS Login's name for the caller, a service account ("sa_" and its numeric id), as the stand-in
+# makes it; an account keeps its name and uid (the guest's NSS cache remembers both)
+SA_USER = _default_username(SA_EMAIL)
 LABELS = {"gcpdl": "managed", "gcpdl-gpu": "t4", "gcpdl-gpu-count": "1", "gcpdl-spot": "false"}
 
 
@@ -82,10 +88,36 @@ def test_gcpdl_ssh_logs_in_as_the_os_login_user_the_real_guest_resolves(gcp, osl
         # exactly what the real agent published as guest attributes
         assert set(read_known(host_alias(lab["id"]))) == published_host_keys(vm)
 
-        # the same flow again: the key is fresh, nothing is imported twice
+        # sudo is the adminLogin policy: the real pam_oslogin_admin grants it at login to a
+        # caller with roles/compute.osAdminLogin (the stand-in grants every role by default) ...
+        sudoers = f"/var/google-sudoers.d/{user}"
+        assert vm.read(sudoers) == f"{user} ALL=(ALL) NOPASSWD: ALL\n"
+
+        # ... and takes it back at the next login of one with roles/compute.osLogin only; the
+        # same flow again imports nothing: the key is in the profile and fresh
+        oslogin.denied.add("compute.instances.osAdminLogin")
         again = run("ssh", lab["name"], "--", "id", "-un")
         assert (again.exit_code, again.stdout) == (0, f"{user}\n"), again.output
+        assert vm.read(sudoers) is None
         assert len(oslogin.imports()) == 1
+    finally:
+        vm.set_os_login(False)
+
+
+def test_an_expired_key_the_guest_ignores_is_imported_again(gcp, oslogin, vm, lab):
+    """The real google_authorized_keys drops keys past expirationTimeUsec (by the VM's clock);
+    gcpdl, finding its key in the profile but expired, imports it again rather than trusting it."""
+    key = ensure_keypair()
+    oslogin.seed(SA_EMAIL, SA_USER, [(key.public_line, int((time.time() - 60) * 1e6))])
+    gcp.set_project_metadata("enable-oslogin", "TRUE")
+    vm.set_os_login(True)
+    try:
+        assert vm.run("google_authorized_keys", SA_USER, check=True).stdout == ""
+        r = run("ssh", lab["name"], "--", "id", "-un")
+        assert (r.exit_code, r.stdout) == (0, f"{SA_USER}\n"), r.output
+        [(_, body)] = oslogin.imports()
+        assert int(body["expirationTimeUsec"]) > time.time() * 1e6
+        assert vm.run("google_authorized_keys", SA_USER, check=True).stdout == f"{key.public_line}\n"
     finally:
         vm.set_os_login(False)
 
@@ -141,6 +173,8 @@ def test_a_posix_name_the_guest_accepts_is_one_gcpdl_accepts(gcp, oslogin, vm, l
     email = "2019123@student.example.edu"  # a student number, as many universities give
     user = "2019123_student_example_edu"
     monkeypatch.setenv("GCPDL_ACCOUNT", email)
+    oslogin.seed(email, user)
+    oslogin.profiles[email]["uid"] = "1000042"  # another account than the caller of other tests
     monkeypatch.setenv("GCPDL_MY_IP", "203.0.113.7")
     monkeypatch.setenv("GCPDL_ZONE", ZONE)
     gcp.set_project_metadata("enable-oslogin", "TRUE")
@@ -148,7 +182,7 @@ def test_a_posix_name_the_guest_accepts_is_one_gcpdl_accepts(gcp, oslogin, vm, l
     try:
         r = run("ssh", lab["name"], "--", "id", "-un")
         assert (r.exit_code, r.stdout) == (0, f"{user}\n"), r.output
-        assert oslogin.profiles[email]["username"] == user
+        assert [e for e, _ in oslogin.imports()] == [email]
 
         up = run("up", "lab2", "--cpu-only", "--yes")
         assert up.exit_code == 0, up.output
@@ -187,7 +221,7 @@ def test_metadata_profile_is_the_api_profile_as_the_guest_reads_it(fake_oslogin)
     fake_oslogin.reset()
 
 
-@pytest.mark.parametrize("user", ["2019123_student_example_edu", "sa_106386495795634459476", "Jo.Doe_example_com", "x" * 32])
+@pytest.mark.parametrize("user", ["2019123_student_example_edu", SA_USER, "Jo.Doe_example_com", "x" * 32])
 def test_startup_script_takes_every_name_os_login_gives(user):
     from gcpdl.startup import StartupOptions, render_startup_script
 
