@@ -19,8 +19,8 @@ import pytest
 
 from gcpdl.ssh.hostkeys import host_alias, parse_guest_attributes, read_known
 from gcpdl.ssh.keys import ensure_keypair
-from tests.fixtures.guestvm import GuestVm
 from tests.fakes.oslogin_server import _default_username
+from tests.fixtures.guestvm import GuestVm
 from tests.fixtures.oslogin import metadata_oslogin, serve_metadata_source
 from tests.helpers import run
 
