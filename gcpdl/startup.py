@@ -33,7 +33,10 @@ STAGES: dict[str, str] = {
     "failed": "failed",
 }
 
-_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# the names Google's OS Login NSS module accepts (guest-oslogin kUserNameRegex): OS Login names
+# users after their email, so "2019123@student.example.edu" is 2019123_student_example_edu.
+# Shell- and unit-safe as they are; all digits (read as a uid) and dots only (a path) are refused.
+_USER_RE = re.compile(r"(?![0-9]+\Z)(?!\.+\Z)[A-Za-z0-9._][A-Za-z0-9._-]{0,31}")  # fullmatch: no "name\n"
 
 # Guest attributes: Google documents about 10 writes a minute and 3 a second per VM, beyond
 # which writes may be dropped; the guest agent spends 4 at boot (its host keys and more).
@@ -71,7 +74,7 @@ def render_startup_script(options: StartupOptions) -> str:
     from gcpdl.render import render
 
     # the user name lands unquoted in a shell script and a systemd unit: allow only safe names
-    if not _USER_RE.match(options.user):
+    if not _USER_RE.fullmatch(options.user):
         raise InvalidInput(f"'{options.user}' is not a valid Linux user name.")
     if not 1 <= int(options.jupyter_port) <= 65535:
         raise InvalidInput(f"Jupyter port {options.jupyter_port} is out of range.")

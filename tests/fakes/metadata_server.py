@@ -11,7 +11,9 @@ Built from what the real clients ask for (read in their source, Debian bookworm'
   google_oslogin_nss_cache): ``/computeMetadata/v1/oslogin/users?username=|uid=|pagesize=
   [&pagetoken=]``, ``/oslogin/groups?pagesize=|email=|groupname=|gid=``,
   ``/oslogin/authorize?email=E&policy=login|adminLogin``. Every OS Login path answers 404 while
-  OS Login is off in metadata, which the NSS module reads as "not an OS Login VM".
+  OS Login is off in metadata, which the NSS module reads as "not an OS Login VM". The OS Login
+  answers come from the state's ``oslogin`` entry, or, when it names a ``source`` (a unix
+  socket), from whatever serves that socket at each request (the OS Login API stand-in's state).
 - gcpdl's startup script: curl PUT/GET of guest attributes with ``Metadata-Flavor: Google``.
 
 Rules of the real server kept here: the ``Metadata-Flavor: Google`` request header is required
@@ -32,9 +34,11 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import http.client
 import http.server
 import json
 import os
+import socket
 import socketserver
 import threading
 import time
@@ -221,6 +225,29 @@ def _listing(node: Any) -> str:
     return str(node)
 
 
+def fetch_oslogin_source(path: str, timeout: float = 30.0) -> dict[str, Any]:
+    """``GET /oslogin`` over the unix socket ``path``: {"profiles", "groups", "authorize"} as the
+    OS Login service holds them now. On GCE the metadata server asks the OS Login backend on
+    every /oslogin request; a test points ``oslogin.source`` at a socket the host serves (see
+    tests/fixtures/oslogin.py, ``serve_metadata_source``) so the guest sees what gcpdl imported."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        conn = http.client.HTTPConnection("oslogin-source", timeout=timeout)
+        conn.sock = sock
+        conn.request("GET", "/oslogin")
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise ValueError(f"HTTP {resp.status}")
+        data = json.loads(body)
+    finally:
+        sock.close()
+    return {"profiles": data.get("profiles", []), "groups": data.get("groups", []),
+            "authorize": data.get("authorize", {})}
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "Metadata Server for VM"
     sys_version = ""
@@ -391,6 +418,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         with state.cond:
             osl = copy.deepcopy(state.data["oslogin"])
+        if osl.get("source"):  # live, from the OS Login service's state, as on GCE
+            try:
+                osl = fetch_oslogin_source(osl["source"])
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                self._send(503, f"OS Login backend unavailable: {type(e).__name__}\n", "text/html")
+                return
         profiles = osl.get("profiles", [])
 
         def account(p: dict) -> dict:
