@@ -201,20 +201,6 @@ ALICE = "alice@example.com"
 ALICE_USER = "alice_example_com"
 
 
-def set_os_login(vm: GuestVm, enabled: bool) -> None:
-    """Turn OS Login on or off in project metadata and wait for the agent to finish applying it:
-    each change runs its OS Login manager once, which ends (after rewriting sshd_config,
-    nsswitch.conf and pam.d/sshd and reloading sshd) with one guest-agent/sshable write. Every
-    change goes through here, so no earlier change's write can be mistaken for this one's."""
-
-    def sshable() -> int:
-        return sum(1 for w in vm.writes() if w["namespace"] == "guest-agent")
-
-    n = sshable()
-    vm.set_attributes("project", **{"enable-oslogin": "TRUE" if enabled else None})
-    vm.wait(f"the agent to turn OS Login {'on' if enabled else 'off'}", lambda: sshable() > n)
-
-
 def alice_profile(vm: GuestVm) -> dict:
     """A login profile as the OS Login API returns it (users.getLoginProfile)."""
     expiry = int((time.time() + 3600) * 1_000_000)
@@ -238,7 +224,7 @@ def test_os_login_replaces_the_ssh_keys_path(guestvm: GuestVm):
         "profiles": [alice_profile(guestvm)],
         "authorize": {ALICE: {"login": True, "adminLogin": False}},
     }})
-    set_os_login(guestvm, True)
+    guestvm.set_os_login(True)
     try:
         sshd_config = guestvm.read("/etc/ssh/sshd_config")
         assert "AuthorizedKeysCommand /usr/bin/google_authorized_keys\nAuthorizedKeysCommandUser root" in sshd_config
@@ -266,7 +252,7 @@ def test_os_login_replaces_the_ssh_keys_path(guestvm: GuestVm):
             login(guestvm, ALICE_USER)
     finally:
         guestvm.set_metadata({"oslogin": {"authorize": {ALICE: {"login": True, "adminLogin": False}}}})
-        set_os_login(guestvm, False)
+        guestvm.set_os_login(False)
     # OS Login off again: the agent gives the ssh-keys user its key back
     guestvm.wait("the agent to restore gcpdl's key", lambda: guestvm.read("/home/gcpdl/.ssh/authorized_keys"))
     with login(guestvm) as session:
@@ -280,7 +266,7 @@ def test_startup_script_serves_jupyter_to_the_os_login_user(guestvm: GuestVm):
         "profiles": [alice_profile(guestvm)],
         "authorize": {ALICE: {"login": True, "adminLogin": False}},
     }})
-    set_os_login(guestvm, True)
+    guestvm.set_os_login(True)
     try:
         guestvm.run("rm", "-rf", f"/home/{ALICE_USER}", check=True)  # a VM nobody logged in to yet
         script = render_startup_script(StartupOptions(user=ALICE_USER, gpu=False, jupyter_wait_seconds=JUPYTER_WAIT))
@@ -294,7 +280,7 @@ def test_startup_script_serves_jupyter_to_the_os_login_user(guestvm: GuestVm):
             assert session.run("curl -fsS http://127.0.0.1:8888/api").exit_code == 0
     finally:
         guestvm.run("systemctl", "stop", "gcpdl-jupyter.service", "gcpdl-autostop.service")
-        set_os_login(guestvm, False)
+        guestvm.set_os_login(False)
         guestvm.wait("the agent to restore gcpdl's key", lambda: guestvm.read("/home/gcpdl/.ssh/authorized_keys"))
 
 
