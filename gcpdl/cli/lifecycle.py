@@ -22,24 +22,47 @@ def _validate(name: str) -> None:
     validate_name(name)
 
 
-def refresh_ssh_config(app: App, instances) -> None:
-    """Point `ssh NAME` (and scp, rsync, VS Code) at each running VM's current address.
-    Best effort: a failure here never fails the command."""
+def ssh_config_reads(app: App, instances) -> list:
+    """For each running VM: (instance, published host keys, login user) or (instance, error).
+    Every VM's reads at once: one round trip, not one per VM."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from gcpdl.errors import GcpdlError
-    from gcpdl.ssh.sshconfig import refresh_host
     from gcpdl.ssh.target import guest_hostkeys, login_user
 
-    settings = app.settings()
     factory = app.factory()
-    for inst in instances:
-        if inst.status != "RUNNING" or not inst.external_ip or not inst.instance_id:
-            continue
+    running = [i for i in instances if i.status == "RUNNING" and i.external_ip and i.instance_id]
+
+    def reads(inst):
+        # The block says StrictHostKeyChecking yes: a VM this laptop never reached (made on
+        # another one) needs its published keys pinned, or `ssh NAME` refuses it; and a key
+        # pinned earlier is re-checked against them every time (one read per running VM).
         try:
-            # The block says StrictHostKeyChecking yes: a VM this laptop never reached (made on
-            # another one) needs its published keys pinned, or `ssh NAME` refuses it; and a key
-            # pinned earlier is re-checked against them every time (one read per running VM).
             keys = guest_hostkeys(factory, factory.project(), inst.zone, inst.name)
-            user = login_user(factory, inst.metadata, write=False).user  # the OS Login user where it is on
+            return inst, keys, login_user(factory, inst.metadata, write=False).user  # OS Login's user where it is on
+        except (OSError, GcpdlError) as e:
+            return inst, e
+
+    if not running:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(running)), thread_name_prefix="gcpdl-sshcfg") as pool:
+        return list(pool.map(reads, running))
+
+
+def refresh_ssh_config(app: App, instances, reads: list | None = None) -> None:
+    """Point `ssh NAME` (and scp, rsync, VS Code) at each running VM's current address.
+    Best effort: a failure here never fails the command. ``reads``: ssh_config_reads' answer,
+    when the caller made them already."""
+    from gcpdl.errors import GcpdlError
+    from gcpdl.ssh.sshconfig import refresh_host
+
+    settings = app.settings()
+    for found in ssh_config_reads(app, instances) if reads is None else reads:
+        inst = found[0]
+        try:
+            if len(found) == 2:
+                raise found[1]
+            _, keys, user = found
             if not user:  # OS Login, and this account never logged in: `gcpdl ssh` writes it
                 continue
             refresh_host(inst.name, inst.external_ip, inst.instance_id, user=user, port=settings.ssh_port,

@@ -32,11 +32,12 @@ def status(app: App, name: str | None, project: str | None, as_json: bool) -> No
         validate_name(name)
     factory = app.factory(project=project)
     compute = Compute(factory, factory.project())
-    report = lifecycle.status_report(compute, name)
-    found = report.vms
-    from gcpdl.cli.lifecycle import refresh_ssh_config
+    from gcpdl.cli.lifecycle import refresh_ssh_config, ssh_config_reads
 
-    refresh_ssh_config(app, [s.instance for s in found])
+    # the ssh config's reads (host keys, the OS Login user) go out as soon as the VMs are listed
+    report = lifecycle.status_report(compute, name, after_list=lambda vms: ssh_config_reads(app, vms))
+    found = report.vms
+    refresh_ssh_config(app, [s.instance for s in found], report.extra)
     rows = report.rows()
     warned: set[str] = set()
     for s in found:

@@ -731,6 +731,7 @@ class KeptDisk:
 class StatusReport:
     vms: list[VmStatus]
     kept_disks: list[KeptDisk] = field(default_factory=list)
+    extra: Any = None  # what ``after_list`` returned
 
     def rows(self) -> list[dict[str, Any]]:
         return [v.as_dict() for v in self.vms] + [d.as_dict() for d in self.kept_disks]
@@ -740,7 +741,10 @@ def status(compute: Compute, name: str | None = None, now: Callable[[], float] =
     return status_report(compute, name, now).vms
 
 
-def status_report(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time) -> StatusReport:
+def status_report(compute: Compute, name: str | None = None, now: Callable[[], float] = time.time,
+                  after_list: Callable[[list[Instance]], Any] | None = None) -> StatusReport:
+    """``after_list`` (the CLI's ssh-config reads) runs on the pool as soon as the VMs are listed,
+    beside the stopped VMs' reads: status waits for one round trip after the list, not two."""
     deadline = compute.new_deadline(PREFLIGHT_TIMEOUT, "the VM list")
     preempted: dict[str, Future] = {}
     reasons: dict[str, Future] = {}
@@ -755,12 +759,14 @@ def status_report(compute: Compute, name: str | None = None, now: Callable[[], f
         if name is not None:
             vms = [v for v in vms if v.name == name]
         stopped = [v for v in vms if v.status in STOPPED_STATES]
+        f_after = pool.submit(after_list, vms) if after_list is not None else None
         for v in stopped:
             reasons[v.name] = pool.submit(_autostop_reason, compute, v, deadline)
             if v.spot:
                 preempted[v.name] = pool.submit(_was_preempted, compute, v, deadline)
         kept = _kept_disks(vms, disks.result(), name)
         rules = f_rules.result()
+        extra = f_after.result() if f_after is not None else None
     if name is not None and not vms and not kept:
         raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
     t = now()
@@ -774,7 +780,7 @@ def status_report(compute: Compute, name: str | None = None, now: Callable[[], f
         found = fw.world_open_rules(rules, [(v.name, v.network, v.tags) for v in vms])
         for row in out:
             row.open_to_world = [o for o in found if row.instance.name in o.vms]
-    return StatusReport(out, kept)
+    return StatusReport(out, kept, extra)
 
 
 def _rules_or_none(compute: Compute, deadline: Deadline) -> list[dict] | None:
