@@ -398,8 +398,9 @@ def test_unreachable_data_endpoint_fails_objects_not_the_disk(gcs, tmp_path):
     class SplitFactory(ClientFactory):
         storage_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
-        def storage(self, *args, **kwargs):  # listing still goes to the stand-in
-            return ClientFactory(resolve()).storage(*args, **kwargs)
+        @property
+        def storage_list_endpoint(self):  # listing still goes to the stand-in
+            return ClientFactory(resolve()).storage_endpoint
 
     opts = SyncOptions(source=parse_gs_url("gs://dset/d"), dest=tmp_path / "o", retry_base=0.001)
     s = engine_sync(opts, SplitFactory(resolve()))
@@ -419,7 +420,7 @@ def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
     r = run_sync("gs://dset/d", str(tmp_path / "o"))
     _assert_error(
         r, 1,
-        f"Error: Cannot list gs://dset at http://127.0.0.1:{port}: ConnectionError. Check the network, and"
+        f"Error: Cannot list gs://dset at http://127.0.0.1:{port}: ConnectionRefusedError. Check the network, and"
         " GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST if set.",
         tmp_path / "o",
     )

@@ -165,12 +165,22 @@ class Auth:
         return self._header
 
     def _refresh(self) -> None:
+        bearer_token(self.credentials, force=True)
+
+
+def bearer_token(credentials: Any | None, force: bool = False) -> str | None:
+    """The credentials' access token, refreshed when expired or ``force``d (None: anonymous).
+    Shared by the data path and the raw listing (rawlist), so both send the same token."""
+    if credentials is None:
+        return None
+    if force or not credentials.valid:
         from google.auth.transport.requests import Request
 
         try:
-            self.credentials.refresh(Request())
+            credentials.refresh(Request())
         except Exception as e:  # google.auth.exceptions.RefreshError and transport errors
             raise SyncError(f"Cannot refresh Google credentials: {str(e).splitlines()[0][:200]}") from None
+    return credentials.token
 
 
 class Pool:
