@@ -18,7 +18,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import ssl
 import time
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlencode
@@ -27,7 +26,7 @@ from gcpdl.deadline import backoff
 from gcpdl.errors import SyncError
 from gcpdl.sync import listing
 from gcpdl.sync.listing import ObjectRecord
-from gcpdl.sync.transfer import RETRY_STATUSES, Endpoint, bearer_token
+from gcpdl.sync.transfer import RETRY_STATUSES, Endpoint, _tls_context, bearer_token
 from gcpdl.sync.verify import decode_gcs_crc
 
 
@@ -136,7 +135,7 @@ class RawLister:
             connect, _ = listing.PAGE_TIMEOUT
             ep = self.endpoint
             if ep.scheme == "https":
-                self._conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=connect, context=ssl.create_default_context())
+                self._conn = http.client.HTTPSConnection(ep.host, ep.port, timeout=connect, context=_tls_context())
             else:
                 self._conn = http.client.HTTPConnection(ep.host, ep.port, timeout=connect)
         return self._conn

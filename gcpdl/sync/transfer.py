@@ -16,7 +16,6 @@ import asyncio
 import concurrent.futures
 import errno
 import os
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -183,13 +182,19 @@ def bearer_token(credentials: Any | None, force: bool = False) -> str | None:
     return credentials.token
 
 
+def _tls_context():
+    import ssl  # (http.client imports it anyway; the data path alone does not need it)
+
+    return ssl.create_default_context()
+
+
 class Pool:
     """Idle keep-alive connections to one endpoint."""
 
     def __init__(self, endpoint: Endpoint):
         self.endpoint = endpoint
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-        self.ssl = ssl.create_default_context() if endpoint.scheme == "https" else None
+        self.ssl = _tls_context() if endpoint.scheme == "https" else None
         self.opened = 0
 
     async def get(self):
