@@ -103,6 +103,21 @@ def test_server_errors_are_retried_then_reported(gcs, monkeypatch):
     assert "\n" not in e.value.message
 
 
+def test_pages_requested_ahead_survive_failures_on_the_way(gcs, monkeypatch):
+    """Each next page is requested before the last one is parsed: a 503 or a reset connection
+    for a request sent ahead is retried like any other."""
+    import gcpdl.sync.listing as listing
+
+    monkeypatch.setattr(listing, "PAGE_SIZE", 2)
+    gcs.create_bucket("dset", public=True)
+    names = gcs.generate("dset", "d/", count=15, size=7, seed=1)
+    gcs.faults(fail_status=503, fail_fraction=0.4, fail_kinds=["list"], seed=3)
+    lister = _lister(gcs.url, "dset", "d/")
+    assert _names(lister.pages()) == sorted(names)
+    c = gcs.counters()
+    assert c["faults:503"] >= 2 and c["kind:list"] == 8 + c["faults:503"]
+
+
 # --- what it buys ------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
 def test_downloads_start_with_the_first_listing_page(gcs, tmp_path, monkeypatch):

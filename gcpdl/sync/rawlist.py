@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from typing import Any, Callable, Iterator
@@ -28,6 +29,10 @@ from gcpdl.sync import listing
 from gcpdl.sync.listing import ObjectRecord
 from gcpdl.sync.transfer import RETRY_STATUSES, Endpoint, _tls_context, bearer_token
 from gcpdl.sync.verify import decode_gcs_crc
+
+
+# a nextPageToken with no escapes in it (GCS's are URL-safe base64), found in a page's raw bytes
+_TOKEN = re.compile(rb'"nextPageToken"\s*:\s*"([^"\\]*)"')
 
 
 class _Retry(Exception):
@@ -72,9 +77,10 @@ class RawLister:
 
     def pages(self) -> Iterator[list[ObjectRecord]]:
         token: str | None = None
+        ahead: str | None = None  # the token whose request is already on the connection
         try:
             while True:
-                body = self._page(token)
+                body, ahead = self._page(token, sent=ahead is not None and ahead == token)
                 items = body.get("items") or ()
                 yield [
                     ObjectRecord(
@@ -87,6 +93,9 @@ class RawLister:
                     for i in items
                 ]
                 token = body.get("nextPageToken")
+                if ahead is not None and ahead != token:
+                    self.close()  # an answer we do not want is on its way: drop the connection
+                    ahead = None
                 if not token:
                     return
         finally:
@@ -102,8 +111,10 @@ class RawLister:
             q["userProject"] = self.user_project
         return f"{self._path}?{urlencode(q, quote_via=quote)}"
 
-    def _page(self, token: str | None) -> dict:
-        """One page, retried within the budget; raises GcpdlError subclasses."""
+    def _page(self, token: str | None, sent: bool = False) -> tuple[dict, str | None]:
+        """One page (and the token whose request went out ahead of it, if any), retried within
+        the budget; raises GcpdlError subclasses. ``sent``: its request is already on the
+        connection (sent ahead), so the first attempt only reads the answer."""
         budget = listing.list_retry_budget()
         start = time.monotonic()
         target = self._target(token)
@@ -111,7 +122,10 @@ class RawLister:
         attempt = 0
         while True:
             try:
-                return self._attempt(target, force_auth)
+                if not sent:
+                    self._send(target, force_auth)
+                sent = False
+                return self._receive()
             except _Retry as r:
                 force_auth = r.status == 401
                 attempt += 1
@@ -140,7 +154,7 @@ class RawLister:
                 self._conn = http.client.HTTPConnection(ep.host, ep.port, timeout=connect)
         return self._conn
 
-    def _attempt(self, target: str, force_auth: bool) -> dict:
+    def _send(self, target: str, force_auth: bool) -> None:
         headers = {"Accept-Encoding": "identity"}
         token = bearer_token(self.credentials, force_auth)
         if token:
@@ -153,18 +167,39 @@ class RawLister:
             conn.sock.settimeout(listing.PAGE_TIMEOUT[1])  # no byte for this long: try again
             self.requests += 1
             conn.request("GET", target, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.will_close:
-                self.close()
-        except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, garbled
+        except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out
             self.close()
             raise _Retry(_reason(e)) from None
+
+    def _receive(self) -> tuple[dict, str | None]:
+        """The answer to the request on the connection. Pages come one after another (each
+        needs the last one's token), so before the page is parsed its token is picked out of
+        the raw bytes and the next request sent: the server works on it while this page is
+        parsed and planned (the JSON parse decides; a token that differs drops the connection)."""
+        conn = self._connection()
+        try:
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as e:  # reset, timed out, garbled
+            self.close()
+            raise _Retry(_reason(e)) from None
+        ahead = None
+        if resp.will_close:
+            self.close()
+        elif resp.status == 200:
+            found = _TOKEN.findall(data)
+            if len(found) == 1:
+                ahead = found[0].decode("ascii", "replace")
+                try:
+                    self._send(self._target(ahead), False)
+                except _Retry:  # the next page's own attempt says what is wrong
+                    ahead = None
         status = resp.status
         if status == 200:
             try:
-                return json.loads(data)
+                return json.loads(data), ahead
             except ValueError:
+                self.close()
                 raise _Retry("a listing page that is not JSON") from None
         message = _error_message(data, resp.reason)
         if status in RETRY_STATUSES or status == 401:
