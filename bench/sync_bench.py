@@ -186,7 +186,8 @@ class Bench:
               stdin: str | None = None, gets: int | None = None) -> Result:
         pid = getattr(getattr(self.s, "proc", None), "pid", None)
         cpu0 = proc_cpu(pid)
-        rc, wall, rss, out, err, first = run_timed(cmd, env, stdin, watch=dest)
+        empty = dest is not None and (not dest.exists() or not any(p.name != ".gcpdl" for p in dest.iterdir()))
+        rc, wall, rss, out, err, first = run_timed(cmd, env, stdin, watch=dest if empty else None)
         cpu1 = proc_cpu(pid)
         r = Result(workload, tool, expect[0], expect[1], wall, rss, ttfb=first)
         n_gets = expect[0] if gets is None else gets
