@@ -501,7 +501,7 @@ def report(results: list[Result], scale: Scale, meta: dict, server: str = "GCS s
         vs_ce = f"{ce.wall / r.wall * 100:.0f}%" if ce and r.ok and r.tool != "ceiling" else ""
         rss = f"{r.rss_mb:.0f} MB" if r.rss_mb is not None else ""
         first = f"{r.ttfb:.2f} s" if r.ttfb is not None else ""
-        cpu = f"{r.server_cpu_us:.0f}" if r.server_cpu_us is not None and r.workload not in ("noop", "rss", "ten") else ""
+        cpu = f"{r.server_cpu_us:.0f}" if r.server_cpu_us is not None and r.workload not in ("noop", "rss", "ten", "large") else ""
         note = r.note
         if r.engine_seconds is not None and r.tool.startswith("gcpdl"):
             note = f"engine {r.engine_seconds:.2f} s " + note
