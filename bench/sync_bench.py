@@ -207,7 +207,7 @@ class Bench:
                 r.extra = {k: summary.get(k) for k in ("files", "skipped", "retries", "requests")}
             except ValueError:
                 pass
-        if rc == 0 and (tool.startswith(("ceiling", "listing", "raw GET", "disk"))):
+        if rc == 0 and (tool.startswith(("ceiling", "listing", "first page", "raw GET", "disk"))):
             got = json.loads(out.strip().splitlines()[-1])
             r.engine_seconds = got["seconds"]
             if (got["files"], got["bytes"]) != expect:
@@ -278,6 +278,11 @@ class Bench:
         self.log(f"({'b' if prefix == 'large' else 'a'}) {wl}: {len(names)} x {size >> 10} KB")
         if "ceiling" in self.peers:
             self.ceiling(wl, names, size, slice_size)
+        if prefix != "large":  # the listing alone, whole and its first page: what a sync waits for
+            cmd = [PY, str(ROOT / "bench" / "_peers.py"), "list", "--url", self.s.url, "--bucket", BUCKET, "--prefix", f"{prefix}/"]
+            self._tool(wl, "listing", cmd, self.env, None, expect, gets=len(names))
+            first = min(1000, len(names))
+            self._tool(wl, "first page", [*cmd, "--pages", "1"], self.env, None, (first, first * size))
         if "disk" in self.peers and wl == "large":
             dest = fresh(self.work / f"{wl}-disk")
             cmd = [PY, str(ROOT / "bench" / "_peers.py"), "disk", "--bucket", BUCKET, "--dest", str(dest),
@@ -424,11 +429,19 @@ def goals(results: list[Result], scale: Scale, server: str, zero_latency: bool =
     shown = ", ".join(f"{wl} {t:.2f} s" for wl, t in firsts.items() if t is not None)
     if shown:
         lines.append(f"  first byte: gcpdl's first file lands at {shown} from its start")
-    by_size = [(find(results, wl, "gcpdl").files, t) for wl, t in firsts.items() if t is not None]
-    if len({n for n, _ in by_size}) >= 2:
-        (n_lo, t_lo), (n_hi, t_hi) = min(by_size), max(by_size)
-        lines.append(f"  first byte does not wait for the listing: {n_hi:,} objects {t_hi:.2f} s vs {n_lo:,} objects {t_lo:.2f} s "
-                     f"(target: within 0.10 s): {verdict(t_hi - t_lo <= 0.10)}")
+    # the first file's time less what the server took for the first page (its own timer): a
+    # server that lists in time proportional to the bucket (fake-gcs-server) must not count
+    by_size = []
+    for wl, t in firsts.items():
+        page = find(results, wl, "first page")
+        if t is not None and page is not None and page.engine_seconds is not None:
+            by_size.append((find(results, wl, "gcpdl").files, t, page.engine_seconds))
+    if len({n for n, _, _ in by_size}) >= 2:
+        (n_lo, t_lo, p_lo), (n_hi, t_hi, p_hi) = min(by_size), max(by_size)
+        d = (t_hi - p_hi) - (t_lo - p_lo)
+        lines.append(f"  first byte does not wait for the listing: first file less the server's first page, {n_hi:,} objects "
+                     f"{t_hi:.2f}-{p_hi:.2f} s vs {n_lo:,} objects {t_lo:.2f}-{p_lo:.2f} s: {d:+.2f} s (target: within 0.10 s): "
+                     f"{verdict(d <= 0.10)}")
     for wl in smalls:
         g, rc = find(results, wl, "gcpdl"), find(results, wl, "rclone")
         if g.ttfb is not None:
@@ -456,10 +469,15 @@ def goals(results: list[Result], scale: Scale, server: str, zero_latency: bool =
             else:
                 lines.append(f"      gcpdl {x * 100:.0f}% of the server's ceiling ({ce.files_s:.0f} files/s, bare keep-alive GETs x64; "
                              f"gcpdl's wall includes start-up and listing) (target >= 85%): {verdict(x >= 0.85)}")
+        li = find(results, wl, "listing")
+        if li:
+            lines.append(f"      the listing alone (one process, pages in a row) took {li.wall:.2f} s of gcpdl's {g.wall:.2f} s")
         cpus = [(t, find(results, wl, t)) for t in ("ceiling", "gcpdl", "rclone")]
         cpus = [(t, r.server_cpu_us) for t, r in cpus if r and r.server_cpu_us is not None]
         if cpus:
-            lines.append("      server CPU per GET (listing included): " + ", ".join(f"{t} {v:.0f} us" for t, v in cpus))
+            lst = li.server_cpu_us if li and li.server_cpu_us is not None else None
+            less = f"; the listing alone {lst:.0f} us per object listed (the bare client does not list)" if lst is not None else ""
+            lines.append("      server CPU per GET (listing included): " + ", ".join(f"{t} {v:.0f} us" for t, v in cpus) + less)
 
     # large objects
     g, ce, dk = find(results, "large", "gcpdl"), find(results, "large", "ceiling"), find(results, "large", "disk write (no network)")
@@ -498,7 +516,7 @@ def report(results: list[Result], scale: Scale, meta: dict, server: str = "GCS s
     for r in results:
         rc, ce = find(results, r.workload, "rclone"), find(results, r.workload, "ceiling")
         vs_rc = f"{rc.wall / r.wall:.2f}x" if rc and r.ok and r.workload not in ("noop", "rss", "ten") else ""
-        vs_ce = f"{ce.wall / r.wall * 100:.0f}%" if ce and r.ok and r.tool != "ceiling" else ""
+        vs_ce = f"{ce.wall / r.wall * 100:.0f}%" if ce and r.ok and r.tool not in ("ceiling", "listing", "first page") else ""
         rss = f"{r.rss_mb:.0f} MB" if r.rss_mb is not None else ""
         first = f"{r.ttfb:.2f} s" if r.ttfb is not None else ""
         cpu = f"{r.server_cpu_us:.0f}" if r.server_cpu_us is not None and r.workload not in ("noop", "rss", "ten", "large") else ""
