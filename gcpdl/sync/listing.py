@@ -7,7 +7,7 @@ the first request); each page's JSON items become small records rather than libr
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from gcpdl.errors import GcpdlError, InvalidInput, NotFound, PermissionDenied, SyncError
 
