@@ -2,7 +2,7 @@
 its peak RSS and it does not share a GIL with the server or the bench).
 
   python bench/_peers.py ceiling --url URL --bucket B --names FILE [--slice BYTES --size BYTES] [--conns 64]
-  python bench/_peers.py list    --url URL --bucket B --prefix P
+  python bench/_peers.py list    --url URL --bucket B --prefix P [--pages N]
   python bench/_peers.py tm      --bucket B --prefix P --dest DIR [--workers 32]
   python bench/_peers.py disk    --bucket B --dest DIR --count N --size BYTES [--workers 4]
 
@@ -137,9 +137,10 @@ def listing(args) -> dict:
     u = urlsplit(args.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
     fields = quote("items(name,size,generation,crc32c),nextPageToken")
-    token, files, nbytes = "", 0, 0
+    token, files, nbytes, pages = "", 0, 0, 0
     t0 = time.monotonic()
-    while True:
+    while not args.pages or pages < args.pages:
+        pages += 1
         path = f"/storage/v1/b/{args.bucket}/o?prefix={quote(args.prefix)}&maxResults=1000&fields={fields}"
         if token:
             path += "&pageToken=" + quote(token)
@@ -200,6 +201,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["ceiling", "list", "tm", "disk"])
     ap.add_argument("--count", type=int, default=0)
+    ap.add_argument("--pages", type=int, default=0, help="list: stop after this many pages (0: all)")
     ap.add_argument("--url")
     ap.add_argument("--bucket", required=True)
     ap.add_argument("--prefix", default="")

@@ -1,4 +1,4 @@
-"""`gcpdl sync --local` end to end: the real CLI, engine, google-cloud-storage listing and our
+"""`gcpdl sync --local` end to end: the real CLI, engine, raw JSON-API listing (rawlist) and our
 asyncio data path over real HTTP against the GCS stand-in (tests/fakes/gcs_server.py)."""
 
 from __future__ import annotations
@@ -398,8 +398,9 @@ def test_unreachable_data_endpoint_fails_objects_not_the_disk(gcs, tmp_path):
     class SplitFactory(ClientFactory):
         storage_endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
-        def storage(self, *args, **kwargs):  # listing still goes to the stand-in
-            return ClientFactory(resolve()).storage(*args, **kwargs)
+        @property
+        def storage_list_endpoint(self):  # listing still goes to the stand-in
+            return ClientFactory(resolve()).storage_endpoint
 
     opts = SyncOptions(source=parse_gs_url("gs://dset/d"), dest=tmp_path / "o", retry_base=0.001)
     s = engine_sync(opts, SplitFactory(resolve()))
@@ -419,7 +420,7 @@ def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
     r = run_sync("gs://dset/d", str(tmp_path / "o"))
     _assert_error(
         r, 1,
-        f"Error: Cannot list gs://dset at http://127.0.0.1:{port}: ConnectionError. Check the network, and"
+        f"Error: Cannot list gs://dset at http://127.0.0.1:{port}: ConnectionRefusedError. Check the network, and"
         " GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST if set.",
         tmp_path / "o",
     )
@@ -427,8 +428,8 @@ def test_unreachable_endpoint_for_listing(tmp_path, monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_many_small_batches_do_not_stall_before_downloads_start(gcs, tmp_path, monkeypatch):
-    """Downloads start once PLAN_AHEAD objects are planned or the listing ends, and also when
-    the planner runs out of batch slots first (many pages with little to fetch)."""
+    """The planner never waits for a batch slot forever: many pages with little to fetch each
+    take a slot, and the downloads (started with the first page) give them back."""
     import gcpdl.sync.engine as engine
     import gcpdl.sync.listing as listing
 
@@ -443,8 +444,9 @@ def test_many_small_batches_do_not_stall_before_downloads_start(gcs, tmp_path, m
 
 
 def test_abort_while_the_listing_is_still_running(gcs, tmp_path, monkeypatch):
-    """A run-wide error (here: no space, seen once the listing outgrows PLAN_AHEAD) while pages
-    are still coming stops every thread; what finished is kept whole, no part file is left."""
+    """A run-wide error (here: no space, seen when a later page's batch is checked against the
+    listed total) while pages are still coming stops every thread; what finished is kept whole,
+    no part file is left."""
     import gcpdl.sync.engine as engine
     import gcpdl.sync.listing as listing
     from gcpdl.clients import ClientFactory
@@ -453,7 +455,7 @@ def test_abort_while_the_listing_is_still_running(gcs, tmp_path, monkeypatch):
     from gcpdl.sync.url import parse_gs_url
 
     monkeypatch.setattr(listing, "PAGE_SIZE", 5)
-    monkeypatch.setattr(engine, "PLAN_AHEAD", 10)  # start downloads after two pages
+    monkeypatch.setattr(engine, "PLAN_AHEAD", 10)  # two batch slots: the listing waits on the downloads
     gcs.create_bucket("dset", public=True)
     gcs.generate("dset", "d/", count=400, size=100, seed=3)
     gcs.faults(latency=0.005)

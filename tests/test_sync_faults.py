@@ -92,8 +92,9 @@ def test_an_endpoint_that_refuses_every_connection_stops_the_sync_once(gcs, tmp_
     class DeadData(ClientFactory):
         storage_endpoint = dead
 
-        def storage(self, *args, **kwargs):  # listing still goes to the stand-in
-            return ClientFactory(resolve()).storage(*args, **kwargs)
+        @property
+        def storage_list_endpoint(self):  # listing still goes to the stand-in
+            return ClientFactory(resolve()).storage_endpoint
 
     ticks = itertools.count()
     dest = tmp_path / "o"

@@ -1,10 +1,12 @@
 """Orchestration: listing thread -> plan -> pooled transfers -> state -> summary.
 
-The listing runs in a thread (google-cloud-storage is synchronous) and hands the event loop one
-batch per page, already planned: filtered, mapped to safe paths and checked against the state
-and a stat, so the loop only sees objects to fetch. At most PLAN_AHEAD objects wait in memory;
-downloads start when the listing is complete or that many are waiting, so for listings of up to
-PLAN_AHEAD objects the free-space check sees the whole job before a byte is fetched.
+The listing (rawlist: raw HTTP/JSON, like the data path) runs in a thread and hands the event
+loop one batch per page, already planned: filtered, mapped to safe paths and checked against the
+state and a stat, so the loop only sees objects to fetch. Downloads start with the first page,
+at any dataset size; at most PLAN_AHEAD objects wait in memory. The free-space check runs on the
+listed total as it grows (before each batch is started), so a DEST that cannot hold the job
+stops the run cleanly (finished files kept whole, no part file left) as soon as the listing shows
+it; when the listing fits in one page, that is before the first byte is fetched.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gcpdl.sync import listing as listing_mod
 from gcpdl.sync.destfs import Blocked, Dest, DirFds, blocked_reason, disk_error
 from gcpdl.sync.paths import STATE_DIRNAME, Filters, Unsafe, relative_path
 from gcpdl.sync.progress import Failure, InTheWay, Progress, SyncSummary
+from gcpdl.sync.rawlist import RawLister
 from gcpdl.sync.state import ReadOnlyState, SeenNames, State
 from gcpdl.sync.url import GcsUrl
 from gcpdl.sync.verify import fd_crc32c, require_c_crc32c
@@ -91,6 +94,16 @@ def _identity(creds: Any) -> str:
     if email:
         return email
     return getattr(creds, "account", None) or "your Google account (see: gcloud auth list)"
+
+
+def _data_endpoint(factory: Any) -> str:
+    return factory.storage_endpoint or DEFAULT_STORAGE_ENDPOINT
+
+
+def _list_endpoint(factory: Any) -> str:
+    """Where objects.list goes: the data path's endpoint, unless the factory names another
+    (``storage_list_endpoint``: a test's dead data endpoint behind a working listing)."""
+    return getattr(factory, "storage_list_endpoint", None) or _data_endpoint(factory)
 
 
 def _credentials(factory: Any, anonymous: bool, warn: WarnFn) -> Any | None:
@@ -280,10 +293,16 @@ def run_sync(
     run = _Run(opts, on_progress, on_warning)
     creds = _credentials(factory, opts.anonymous, on_warning or (lambda m: None))
     identity = _identity(creds)
-    client = factory.storage(project=opts.billing_project, anonymous=creds is None)
+    def pages_for(prefix: str):
+        return RawLister(_list_endpoint(factory), opts.source.bucket, prefix, creds, opts.billing_project, identity).pages()
+
     # The first page before touching DEST: a missing bucket, a denied read or a URL that matches
     # nothing leaves nothing behind. A URL naming one object lands in DEST (listing.object_dest).
-    source, pages = listing_mod.open_listing(client, opts.source, opts.billing_project, identity)
+    # google-cloud-storage is imported only to explain a URL that matches nothing.
+    source, pages = listing_mod.open_listing(
+        pages_for, lambda: factory.storage(project=opts.billing_project, anonymous=creds is None),
+        opts.source, opts.billing_project,
+    )
     if source.object is not None:
         opts.source, opts.dest = source, listing_mod.object_dest(source, dest, opts.delete)
         dest, run = opts.dest, _Run(opts, on_progress, on_warning)
@@ -366,7 +385,6 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     slots = threading.Semaphore(max(2, PLAN_AHEAD // listing_mod.PAGE_SIZE))
-    ready = asyncio.Event()
 
     # Pages come one after another (each needs the previous nextPageToken), so the next page is
     # fetched in its own thread while this one is planned: a re-sync costs max(listing, planning)
@@ -419,23 +437,16 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
                     return
                 batch = run.plan_page(page, state)
                 if batch:
-                    if not slots.acquire(blocking=False):
-                        # every slot is taken: start the downloads now (they free the slots),
-                        # or many small batches would wait forever for PLAN_AHEAD
-                        post(ready.set)
-                        while not slots.acquire(timeout=0.2):
-                            if run.abort.is_set():
-                                return
+                    # every slot taken: PLAN_AHEAD objects wait; downloads free the slots
+                    while not slots.acquire(timeout=0.2):
+                        if run.abort.is_set():
+                            return
                     post(queue.put_nowait, ("batch", batch))
-                if run.planned_files >= PLAN_AHEAD and not ready.is_set():
-                    post(ready.set)
             run.listing_done = True
-            post(ready.set)
             post(queue.put_nowait, ("done", None))
         except BaseException as e:  # handed to the loop, which raises it
             run.listing_done = True
             post(queue.put_nowait, ("error", e))
-            post(ready.set)
 
     threading.Thread(target=fetch_pages, name="gcpdl-sync-pages", daemon=True).start()
     thread = threading.Thread(target=lister, name="gcpdl-sync-plan", daemon=True)
@@ -445,7 +456,6 @@ async def _main(run: _Run, state: Any, creds: Any, identity: str, factory: Any, 
         if run.opts.dry_run:
             await _drain(queue, slots)
         else:
-            await ready.wait()
             await _transfer(run, state, creds, identity, factory, queue, slots, fs)
         if run.opts.delete and not run.summary.failures and fs is not None:
             _delete_extraneous(run, state, fs)
@@ -506,7 +516,7 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, fs: Dest
         run.bytes_live += n
 
     fetcher = Fetcher(
-        factory.storage_endpoint or DEFAULT_STORAGE_ENDPOINT,
+        _data_endpoint(factory),
         opts.source.bucket,
         Auth(creds),
         Window(opts.jobs),
@@ -527,21 +537,28 @@ async def _transfer(run, state, creds, identity, factory, queue, slots, fs: Dest
     done = False
     counter = itertools.count()
 
+    # Workers start before the first batch is planned, so all of them would wait on the queue
+    # and each batch would wake only one: one worker at a time waits there, the rest wait for
+    # it (the lock) and then share what it brought.
+    getting = asyncio.Lock()
+
     async def next_item():
         nonlocal done
         while not items:
             if done:
                 return None
-            kind, value = await queue.get()
-            if kind == "error":
-                raise value
-            if kind == "done":
-                done = True
-                queue.put_nowait(("done", None))  # let the other workers see it too
-                return None
-            slots.release()
-            items.extend(value)
-            _check_space(run)
+            async with getting:
+                if items or done:
+                    continue
+                kind, value = await queue.get()
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    done = True
+                    return None
+                slots.release()
+                items.extend(value)
+                _check_space(run)
         return items.popleft()
 
     async def handle(rec, rel: str) -> None:

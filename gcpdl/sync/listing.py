@@ -1,16 +1,15 @@
-"""Stream a bucket listing page by page as small records.
+"""What a bucket listing yields, how long a page may take, and what its errors say.
 
-Listing goes through google-cloud-storage (its auth, endpoint handling, userProject and retry
-policy), but we read each page's raw JSON items rather than letting the library build a Blob per
-item (~1.7 KB each): memory grows by one small tuple per object in flight, and nothing else.
+The listing itself is gcpdl.sync.rawlist (raw HTTP/JSON, no google-cloud-storage import before
+the first request); each page's JSON items become small records rather than library Blobs
+(~1.7 KB each): memory grows by one small tuple per object in flight, and nothing else.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 from gcpdl.errors import GcpdlError, InvalidInput, NotFound, PermissionDenied, SyncError
-from gcpdl.sync.verify import decode_gcs_crc
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -50,59 +49,12 @@ class ObjectRecord(NamedTuple):
     md5: str | None  # base64, only used when there is no crc32c
 
 
-def iter_pages(client: Any, bucket: str, prefix: str, user_project: str | None = None, identity: str = "") -> Iterator[list[ObjectRecord]]:
-    """Yield lists of ObjectRecord, one per listing page, in name order."""
-    from google.api_core import exceptions as gexc
-
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    bucket_ref = client.bucket(bucket, user_project=user_project)
-    it = client.list_blobs(
-        bucket_ref,
-        prefix=prefix or None,
-        page_size=PAGE_SIZE,
-        fields=LIST_FIELDS,
-        timeout=PAGE_TIMEOUT,
-        # the library's default keeps retrying a dead endpoint for 120 s; say so sooner
-        retry=DEFAULT_RETRY.with_timeout(list_retry_budget()).with_delay(initial=LIST_BACKOFF_BASE),
-    )
-    pages = it.pages
-    while True:
-        try:
-            page = next(pages)
-        except StopIteration:
-            return
-        except gexc.GoogleAPICallError as e:
-            raise map_api_error(e, bucket, identity, user_project) from None
-        except Exception as e:  # requests' connection errors and the like, after the library's retries
-            if isinstance(e, GcpdlError):
-                raise
-            cause = getattr(e, "cause", None) or e
-            raise SyncError(
-                f"Cannot list gs://{bucket} at {getattr(client._connection, 'API_BASE_URL', 'the storage endpoint')}: "
-                f"{type(cause).__name__}.",
-                fix="Check the network, and GCPDL_STORAGE_ENDPOINT / STORAGE_EMULATOR_HOST if set.",
-            ) from None
-        items = (page.raw_page or {}).get("items") or ()
-        yield [
-            ObjectRecord(
-                i["name"],
-                int(i.get("size", 0)),
-                int(i.get("generation", 0) or 0),
-                decode_gcs_crc(i.get("crc32c")),
-                i.get("md5Hash"),
-            )
-            for i in items
-        ]
-
-
 def _first_line(text: str) -> str:
     return text.strip().split("\n")[0][:200]
 
 
-def map_api_error(e: Any, bucket: str, identity: str, user_project: str | None) -> GcpdlError:
-    code = getattr(e, "code", None)
-    message = getattr(e, "message", "") or str(e)
+def map_status(code: int | None, message: str, bucket: str, identity: str, user_project: str | None) -> GcpdlError:
+    """A listing's HTTP status and the API's error message as a one-line error with its fix."""
     low = message.lower()
     who = identity or "the current credentials"
     if code == 404:
@@ -134,8 +86,11 @@ SUGGESTIONS = 3  # close names offered when a URL matches nothing
 SUGGEST_CUTOFF = 0.6  # difflib ratio below which a name is not "close"
 
 
-def open_listing(client: Any, url: "GcsUrl", user_project: str | None = None, identity: str = "") -> tuple["GcsUrl", Iterator[list[ObjectRecord]]]:
-    """The listing for ``url``, and ``url`` as resolved.
+def open_listing(pages_for: Callable[[str], Iterator[list[ObjectRecord]]], client_for: Callable[[], Any], url: "GcsUrl",
+                 user_project: str | None = None) -> tuple["GcsUrl", Iterator[list[ObjectRecord]]]:
+    """The listing for ``url``, and ``url`` as resolved. ``pages_for(prefix)`` lists (the raw
+    lister); ``client_for()`` gives a google-cloud-storage client, used only to explain a URL that
+    matches nothing.
 
     Objects under PREFIX/: the URL as given, and its pages. None, but an object named PREFIX
     (gs://b/data/train.zip): the URL with ``object`` set and ``prefix`` its folder, so it lands
@@ -145,18 +100,18 @@ def open_listing(client: Any, url: "GcsUrl", user_project: str | None = None, id
 
     from gcpdl.sync.url import GcsUrl
 
-    pages = iter_pages(client, url.bucket, url.prefix, user_project, identity)
+    pages = pages_for(url.prefix)
     for page in pages:
         if page:
             return url, itertools.chain([page], pages)
     name = url.prefix.rstrip("/")
     if name:
         # the object itself sorts first among the names it prefixes
-        first = next((p for p in iter_pages(client, url.bucket, name, user_project, identity) if p), [])
+        first = next((p for p in pages_for(name) if p), [])
         if first and first[0].name == name:
             folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
             return GcsUrl(url.bucket, folder, object=name), iter([[first[0]]])
-    raise no_match(client, url, user_project)
+    raise no_match(client_for(), url, user_project)
 
 
 def object_dest(url: "GcsUrl", dest: "Path", delete: bool) -> "Path":

@@ -122,6 +122,8 @@ class GcsStandIn:
         stall_kinds: list[str] | None = None,
         replace_match: str | None = None,
         replace_after: int = 0,
+        empty_pages: int = 0,
+        hold_pages: float = 0.0,
     ) -> None:
         """Replace the fault set (anything not given is off; latency not given is the start-up one).
 
@@ -134,13 +136,17 @@ class GcsStandIn:
         stall: the next stall_count requests of stall_kinds (list, media) wait this many seconds
         before answering. replace_match/replace_after: the replace_after-th media request for a
         matching name is answered, then the object is overwritten (new generation, bytes b"R").
+        empty_pages: the next N listing pages after the first hold no items, only a nextPageToken.
+        hold_pages: listing pages after the first wait (at most this long) until a media response
+        went out; counters holds_released / holds_expired say which ended the wait.
         """
         self._call("POST", "faults", body={
             "latency": latency, "fail_status": fail_status, "fail_count": fail_count, "fail_match": fail_match,
             "fail_fraction": fail_fraction, "fail_kinds": fail_kinds, "reset_mid_body": reset_mid_body,
             "reset_match": reset_match, "corrupt": corrupt, "corrupt_match": corrupt_match, "seed": seed,
             "retry_after": retry_after, "stall": stall, "stall_count": stall_count, "stall_kinds": stall_kinds,
-            "replace_match": replace_match, "replace_after": replace_after,
+            "replace_match": replace_match, "replace_after": replace_after, "empty_pages": empty_pages,
+            "hold_pages": hold_pages,
         })
 
     def counters(self, detail: bool = False) -> dict:

@@ -253,6 +253,20 @@ class Faults:
         # the object is overwritten (new bytes, new generation): a mid-download overwrite
         self.replace_match = re.compile(kw["replace_match"]) if kw.get("replace_match") else None
         self.replace_after = int(kw.get("replace_after") or 0)
+        # the next empty_pages listing pages (after the first) hold no items, only a nextPageToken
+        # that resumes where they stood: GCS may answer so when a page's time runs out before it
+        # found a live object ("a page with no items is not the end")
+        self.empty_pages = int(kw.get("empty_pages") or 0)
+        # listing pages after the first wait until a media response has been sent, at most this
+        # many seconds (counted: holds_released / holds_expired): shows whether a client starts
+        # downloading before its listing ends
+        self.hold_pages = float(kw.get("hold_pages") or 0.0)
+
+    def take_empty_page(self) -> bool:
+        if self.empty_pages > 0:
+            self.empty_pages -= 1
+            return True
+        return False
 
     def take_stall(self, kind: str) -> float:
         if self.stall_count > 0 and (not self.stall_kinds or kind in self.stall_kinds):
@@ -336,6 +350,7 @@ class GcsServer:
         self.epoch = getattr(self, "epoch", 0) + 1  # a request stalled across a reset is dropped
         self.buckets: dict[str, Bucket] = {}
         self.faults = Faults(latency=self.default_latency)
+        self.media_sent = asyncio.Event()  # a media response went out since the last reset
         self.counters: Counter = Counter()
         self.media_by_object: Counter = Counter()
         self.inflight = 0
@@ -391,11 +406,22 @@ class GcsServer:
                             await asyncio.sleep(stall)
                             if epoch != self.epoch:  # never answer (or count) into the next test
                                 break
+                    if not admin and self.faults.hold_pages and "pageToken=" in target and _kind_of(target) == "list":
+                        epoch, sent = self.epoch, self.media_sent
+                        try:
+                            await asyncio.wait_for(sent.wait(), self.faults.hold_pages)
+                            self.counters["holds_released"] += 1
+                        except asyncio.TimeoutError:
+                            self.counters["holds_expired"] += 1
+                        if epoch != self.epoch:
+                            break
                     try:
                         resp = self.dispatch(method, target, headers, body)
                     except Exception as e:  # a stand-in bug should read as a 500, not a hung client
                         resp = _error(500, f"stand-in error: {e!r}", "backendError")
                     ok = await self._send(writer, resp, keep, head_only=method == "HEAD")
+                    if not admin and resp.kind == "media":
+                        self.media_sent.set()
                 finally:
                     if not admin:
                         self.inflight -= 1
@@ -604,6 +630,9 @@ class GcsServer:
             lo = max(lo, bisect.bisect_left(names, q["startOffset"]))
         end_offset = q.get("endOffset") or None
         token = q.get("pageToken")
+        if token and self.faults.take_empty_page():
+            body = '{"nextPageToken":' + json.dumps(token) + "}" if _want(tree, "nextPageToken") else "{}"
+            return Resp(200, body.encode(), kind="list")
         if token:
             try:
                 after, skip = json.loads(base64.urlsafe_b64decode(token.encode()))
