@@ -41,3 +41,21 @@ def test_the_startup_script_keeps_a_world_readable_copy_of_its_log():
         assert token not in copy.read_text()
     finally:
         vm.close()
+
+
+def test_readme_commands_table_is_in_the_order_of_gcpdl_help():
+    """One order a learner meets everywhere: `gcpdl --help` and the README's Commands table."""
+    import re
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from gcpdl.cli.app import cli
+
+    help_text = CliRunner().invoke(cli, ["--help"]).stdout
+    listed = help_text.split("Commands:\n", 1)[1].splitlines()
+    in_help = [line.split()[0] for line in listed if line.startswith("  ") and line.strip()]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("## Commands\n", 1)[1].strip().split("\n\n", 1)[0]
+    in_readme = [re.match(r"\| `gcpdl (\w+)", row).group(1) for row in table.splitlines()[2:]]
+    assert in_readme == in_help
