@@ -163,7 +163,8 @@ def _follow(app: App, busy, as_json: bool) -> None:
         app.emit(result["summary"], as_json, _human)
     code = int(result.get("exit") or 0)
     if code:
-        err = SyncError(f"The sync ({holder.describe()}) did not finish: {result.get('error') or f'exit {code}'}")
+        fix = None if code == SyncIncomplete.exit_code else "Re-run the same command to resume: finished files are kept."
+        err = SyncError(f"The sync ({holder.describe()}) did not finish: {result.get('error') or f'exit {code}'}", fix=fix)
         err.exit_code = code if code in (1, 2, SyncIncomplete.exit_code, 130) else 1
         raise err
 
