@@ -87,7 +87,7 @@ def wait_startup(factory: Any, name: str, zone: str, deadline: Deadline, report:
         if error:
             raise StartupFailed(
                 f"Setting up VM {name} failed: {error}",
-                fix=f"Log: {startup_log_command(name, lines=100)}",
+                fix=f"Full log: {startup_log_command(name, lines=100)}",
             )
         if current and current != seen:
             seen = current
