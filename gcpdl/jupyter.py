@@ -19,6 +19,7 @@ from gcpdl.startup import JUPYTER_PORT, JUPYTER_UNIT
 
 if TYPE_CHECKING:  # pragma: no cover
     from gcpdl.ssh.session import Session
+    from gcpdl.ssh.target import SshTarget
 
 # DLVM images keep jupyter in /opt/conda/bin, which a non-login shell's PATH lacks
 LIST_COMMAND = 'PATH="$PATH:/opt/conda/bin:/opt/gcpdl/bin:/usr/local/bin"; jupyter server list --json'
@@ -142,6 +143,17 @@ def diagnose(session: "Session") -> list[str]:
     return [redact(line) for line in result.stdout.splitlines() if line.strip()]
 
 
+def restart_hint(target: "SshTarget") -> str:
+    """How to restart Jupyter, for this login: sudo is the guest agent's google-sudoers for a
+    metadata-key user, but only roles/compute.osAdminLogin for an OS Login user; a stop and
+    start works for everyone (the startup script starts Jupyter at every boot)."""
+    name = target.name
+    if not target.oslogin:
+        return f"Restart it with: gcpdl ssh {name} -- sudo systemctl restart {JUPYTER_UNIT}"
+    return (f"Restart the VM (its startup script starts Jupyter again): gcpdl stop {name}, then gcpdl start {name}. "
+            f"With roles/compute.osAdminLogin (sudo): gcpdl ssh {name} -- sudo systemctl restart {JUPYTER_UNIT}")
+
+
 def find_server(session: "Session", prefer_port: int = JUPYTER_PORT) -> RemoteJupyter:
     result = session.run(LIST_COMMAND, timeout=LIST_TIMEOUT)
     server = choose(parse_server_list(result.stdout), prefer_port)
@@ -150,7 +162,7 @@ def find_server(session: "Session", prefer_port: int = JUPYTER_PORT) -> RemoteJu
         reason = "is not installed on the VM" if result.exit_code == 127 else "is not running on the VM"
         raise JupyterNotRunning(
             f"Jupyter {reason} {name} (`jupyter server list` found no server).",
-            fix=f"Restart it with: gcpdl ssh {name} -- sudo systemctl restart {JUPYTER_UNIT}",
+            fix=restart_hint(session.target),
             details=diagnose(session),
         )
     return server
@@ -167,7 +179,7 @@ def check_reachable(session: "Session", server: RemoteJupyter) -> None:
         name = session.target.name
         raise JupyterNotRunning(
             f"Jupyter on VM {name} does not answer on port {server.port}.",
-            fix=f"Restart it with: gcpdl ssh {name} -- sudo systemctl restart {JUPYTER_UNIT}",
+            fix=restart_hint(session.target),
             details=diagnose(session),
         ) from None
     chan.close()

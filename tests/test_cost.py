@@ -164,7 +164,7 @@ def test_cost_human_output_and_credits_from_config(timeline, monkeypatch):
     result = run("cost")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert out.splitlines()[0].split() == ["NAME", "ZONE", "STATE", "RAN", "$/H", "RUNNING", "DISKS", "$/MO", "SPEND"]
+    assert out.splitlines()[0].split() == ["NAME", "STATE", "ZONE", "RAN", "PRICE", "DISKS", "SPENT"]
     assert "box" in out and "11.0 h" in out
     assert "Kept disk gone-data (200 GB pd-balanced, us-central1-a): $20.00/month" in out
     assert "Credits: $250.00 last about" in out

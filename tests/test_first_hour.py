@@ -40,7 +40,7 @@ def test_plain_lines_off_a_terminal_say_stage_time_and_usual_duration():
     w.close()
     assert out.getvalue().splitlines() == [
         "[0:00] Creating box in us-central1-a... (usually under a minute)",
-        "Setup log: gcpdl ssh box -- sudo journalctl -u google-startup-scripts",
+        "Setup log: gcpdl ssh box -- cat /var/log/gcpdl/startup.log",
         "[0:42] installing the NVIDIA driver... (usually 3-5 min)",
         "[4:02] starting Jupyter... (usually under a minute)",
         "[4:22] waiting for SSH and Jupyter... (usually under a minute)",

@@ -193,6 +193,13 @@ def test_a_posix_name_the_guest_accepts_is_one_gcpdl_accepts(gcp, oslogin, vm, l
         assert vm.guest_attribute("gcpdl", "stage") == "ready"
         pid = vm.read("/run/guestvm-units/gcpdl-jupyter.service.pid").strip()
         assert vm.run("ps", "-o", "user=", "-p", pid, check=True).stdout.strip() == user
+        # the setup log `up` points at is readable by this OS Login user, who has no sudo
+        from gcpdl.ssh.ready import startup_log_command
+
+        argv = startup_log_command(lab["name"]).split()[1:]
+        assert run(*argv[:3], "sudo", "-n", "true").exit_code != 0  # osLogin only: no sudo
+        log = run(*argv)
+        assert log.exit_code == 0 and "gcpdl: ready" in log.stdout, log.output
     finally:
         vm.run("systemctl", "stop", "gcpdl-jupyter.service", "gcpdl-autostop.service")
         vm.set_attributes(**{"startup-script": None})

@@ -215,6 +215,7 @@ fi
             GCPDL_UNIT_DIR=str(r / "units"),
             GCPDL_OPT_DIR=str(r / "opt-gcpdl"),
             GCPDL_ETC_DIR=str(r / "etc-gcpdl"),
+            GCPDL_LOG_FILE=str(r / "var-log-gcpdl" / "startup.log"),
             GCPDL_SSH_DIR=str(self.ssh_dir),
             GCPDL_JUPYTER_CANDIDATES=str(self.bin / "jupyter"),
             GCPDL_AGENT_DIR=str(r / "opt-gcpdl-agent"),

@@ -113,7 +113,7 @@ def test_state_roundtrip_and_lock(tmp_path):
     st.record("z.jpg", 7, 12, 1, 101)
     with pytest.raises(SyncError) as e:
         State(tmp_path)
-    assert e.value.message == f"Another gcpdl sync is already writing to {tmp_path}."
+    assert e.value.message.startswith("Another gcpdl sync (pid ") and e.value.message.endswith(f" is already writing to {tmp_path}.")
     st.flush()
     rows = st.rows_between("a/", "a/\uffff")
     assert sorted(rows) == ["a/b.jpg", "a/c.jpg"]

@@ -62,23 +62,23 @@ def _hours(h: float) -> str:
 
 
 def _render(r: dict) -> str:
-    from gcpdl.cli.status import human_state
+    from gcpdl.cli.status import human_state, table_lines
     from gcpdl.cost import delete_hint
 
     lines = []
     if r["vms"]:
-        lines.append(f"{'NAME':<20} {'ZONE':<16} {'STATE':<11} {'RAN':>8} {'$/H RUNNING':>11} {'DISKS $/MO':>10} {'SPEND':>9}")
+        # the columns and the $/h of `status` (one rounding: 2 decimals), in 80 columns
+        rows = [("NAME", "STATE", "ZONE", "RAN", "PRICE", "DISKS", "SPENT")]
         for v in r["vms"]:
-            mark = "~" if v["approximate"] or v["estimated"] else " "
+            mark = "~" if v["approximate"] or v["estimated"] else ""
             disks = sum(d["monthly"] for d in v["disks"])
-            lines.append(
-                f"{v['name']:<20} {v['zone']:<16} {human_state(v['state']):<11} {_hours(v['running_hours']):>8} "
-                f"{v['running_per_hour']:>11.2f} {disks:>10.2f} {('$%.2f' % v['spend']):>8}{mark}"
-            )
+            rows.append((v["name"], human_state(v["state"]), v["zone"], _hours(v["running_hours"]),
+                         f"${v['running_per_hour']:.2f}/h", f"${disks:.2f}/mo", f"${v['spend']:.2f}{mark}"))
+        lines += table_lines(rows)
     for d in r["loose_disks"]:
         lines.append(f"Kept disk {d['name']} ({d['size_gb']} GB {d['disk_type']}, {d['zone']}): "
-                     f"${d['monthly']:.2f}/month, ${d['spend']:.2f} so far. "
-                     f"Delete it when done: {delete_hint(d['name'], d['zone'], (v['name'] for v in r['vms']))}")
+                     f"${d['monthly']:.2f}/month")
+        lines.append(f"  ${d['spend']:.2f} so far. Delete it when done: {delete_hint(d['name'], d['zone'], (v['name'] for v in r['vms']))}")
     if not lines:
         lines.append("No gcpdl VMs or disks: nothing is billing.")
     burn = r["burn_per_hour"]
@@ -89,6 +89,6 @@ def _render(r: dict) -> str:
         else:
             lines.append(f"Credits: ${r['credits']:.2f} last about {r['days_left']:.1f} days at this rate.")
     if any(v["approximate"] or v["estimated"] for v in r["vms"]):
-        lines.append("~ approximate: incomplete run history or a price estimated for this region/machine.")
-    lines.append(f"List prices dated {r['prices_date']} (USD, no discounts); check the billing console for the real bill.")
+        lines.append("~ approximate: incomplete run history, or a price estimated (region or machine).")
+    lines.append(f"List prices dated {r['prices_date']} (USD, no discounts); your bill is in the console.")
     return "\n".join(lines)

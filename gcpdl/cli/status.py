@@ -69,6 +69,12 @@ def _price(r: dict) -> str:
     return f"${r['disk_monthly']:.2f}/mo" if r.get("disk_monthly") is not None else "-"
 
 
+def table_lines(table: list[tuple]) -> list[str]:
+    """Rows (the header first) as left-aligned columns two spaces apart, as narrow as they allow."""
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+
+
 def _render(rows: list[dict]) -> str:
     if not rows:
         return "No gcpdl VMs. Create one with: gcpdl up NAME --gpu t4"
@@ -82,8 +88,7 @@ def _render(rows: list[dict]) -> str:
         table.append((r["name"], human_state(r["state"]), r["zone"], gpu + ("*" if r["spot"] else ""), _uptime(r["uptime_s"]),
                       _price(r), f"${r['spend_since_start']:.2f}" if r.get("spend_since_start") is not None else "-",
                       r["autostop"]))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines = table_lines(table)
     if any(r.get("spot") for r in rows):
         lines.append("* Spot VM: cheaper, and Google may stop it at any time.")
     for r in rows:

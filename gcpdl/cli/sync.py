@@ -10,7 +10,7 @@ import click
 
 from gcpdl.cli.app import App
 from gcpdl.cli.options import complete_vm_names, dry_run_option, json_option, project_option, zone_option
-from gcpdl.errors import InvalidInput, SyncError, SyncIncomplete
+from gcpdl.errors import GcpdlError, InvalidInput, SyncError, SyncIncomplete
 
 LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 
@@ -104,20 +104,69 @@ def sync(
         slice_size=slice_size,
         retry_base=retry_base,
     )
-    reporter = _Reporter(app)
+    from gcpdl.sync.state import SyncBusy, publish_result
+
+    reporter = _Reporter(app, None if dry_run else opts)
     try:
         summary = run_sync(opts, app.factory(), on_progress=reporter.update, on_warning=app.warn)
+    except SyncBusy as busy:
+        reporter.close()
+        if busy.holder is None:  # a lock file that does not say who holds it: nothing to follow
+            raise
+        _follow(app, busy, as_json)
+        return
     except KeyboardInterrupt:
         reporter.close()
+        publish_result(reporter.state_dir(), 130, None, "It was interrupted (Ctrl-C); finished files are kept.")
         app.say("Interrupted. Finished files are kept; re-run the same command to resume.")
         raise click.exceptions.Exit(130)
+    except GcpdlError as e:
+        publish_result(reporter.state_dir(), e.exit_code, None, e.message)
+        raise
     finally:
         reporter.close()
     data = summary.as_dict()
-    app.emit(data, as_json, _human)
     incomplete = summary.incomplete()
+    publish_result(reporter.state_dir(), incomplete.exit_code if incomplete else 0, data, incomplete.message if incomplete else None)
+    app.emit(data, as_json, _human)
     if incomplete is not None:
         raise incomplete  # exit 3: the summary is printed, but DEST is not a full copy
+
+
+FOLLOW_LIMIT = 7 * 24 * 3600.0  # seconds a second sync follows the first one at most
+
+
+def _follow(app: App, busy, as_json: bool) -> None:
+    """Another sync holds DEST: relay its progress until it ends and report how it ended, with its
+    exit status (never a second writer)."""
+    from gcpdl.deadline import Deadline
+    from gcpdl.sync.progress import ATTACHED_PREFIX, RECORD_EVERY
+    from gcpdl.sync.state import follow
+
+    holder = busy.holder
+    app.say(f"{busy.message[:-1]}: following its progress until it ends (Ctrl-C stops following, not the sync).")
+    reporter = _Reporter(app)
+    if reporter.records:  # tell the machine that started us that Ctrl-C must not stop the holder
+        click.echo(f"{ATTACHED_PREFIX}{holder.pid}", err=True)
+    try:
+        result = follow(busy, reporter.update, Deadline(FOLLOW_LIMIT, what=f"the sync ({holder.describe()})"), RECORD_EVERY)
+    except KeyboardInterrupt:
+        reporter.close()
+        app.say(f"Stopped following. The sync ({holder.describe()}) goes on; stop it with: kill -INT {holder.pid}")
+        raise click.exceptions.Exit(130)
+    finally:
+        reporter.close()
+    if result is None:
+        raise SyncError(f"The sync ({holder.describe()}) ended without a summary (it was stopped or killed).",
+                        fix="Re-run the same command to resume: finished files are kept.")
+    if result.get("summary") is not None:
+        app.emit(result["summary"], as_json, _human)
+    code = int(result.get("exit") or 0)
+    if code:
+        fix = None if code == SyncIncomplete.exit_code else "Re-run the same command to resume: finished files are kept."
+        err = SyncError(f"The sync ({holder.describe()}) did not finish: {result.get('error') or f'exit {code}'}", fix=fix)
+        err.exit_code = code if code in (1, 2, SyncIncomplete.exit_code, 130) else 1
+        raise err
 
 
 def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, project, zone, as_json: bool, flags: list[str]) -> None:
@@ -150,7 +199,10 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
         )
     except remote.RemoteInterrupted as e:
         reporter.close()
-        if e.stopped:
+        if e.following is not None:
+            app.say(f"Stopped following. The sync on {name} (pid {e.following}) goes on: re-run the same command to follow it "
+                    f"again, or stop it with: gcpdl ssh {name} -- kill -INT {e.following}")
+        elif e.stopped:
             app.say(f"Interrupted. Stopped the sync on {name}; finished files are kept. Re-run the same command to resume.")
         else:
             stop = f"gcpdl ssh {name} -- kill -INT {e.pid}" if e.pid else f"gcpdl ssh {name} -- pkill -INT -f 'gcpdl sync'"
@@ -208,8 +260,10 @@ def _mb(n: int) -> str:
 class _Reporter:
     """A rich progress bar on a terminal, otherwise a line every few seconds (all on stderr)."""
 
-    def __init__(self, app: App):
+    def __init__(self, app: App, publish=None):
         self.app = app
+        self.publish = publish  # SyncOptions: its (resolved) DEST holds the lock once progress flows
+        self.last_published = 0.0
         import os
 
         from gcpdl.sync.progress import RECORD_ENV
@@ -220,9 +274,22 @@ class _Reporter:
         self.task = None
         self.last_line = time.monotonic()
 
+    def state_dir(self):
+        """DEST/.gcpdl of the sync this reporter draws (None for a dry run)."""
+        from gcpdl.sync.state import state_dir
+
+        return state_dir(self.publish.dest) if self.publish is not None else None
+
     def update(self, p) -> None:
         from gcpdl.sync.progress import RECORD_EVERY, eta_text, to_record
 
+        if self.publish is not None:  # for a second sync of the same DEST to follow
+            now = time.monotonic()
+            if now - self.last_published >= RECORD_EVERY or (p.listing_done and p.bytes_done >= p.bytes_total):
+                from gcpdl.sync.state import publish_progress
+
+                self.last_published = now
+                publish_progress(self.state_dir(), p)
         if self.records:  # the engine on a VM: records for the machine that started it
             now = time.monotonic()
             if now - self.last_line >= RECORD_EVERY or (p.listing_done and p.bytes_done >= p.bytes_total):

@@ -36,8 +36,17 @@ def stage_label(key: str) -> str:
     return WAIT_LABELS.get(key) or STAGES.get(key, key)
 
 
-def startup_log_command(name: str) -> str:
-    return f"gcpdl ssh {name} -- sudo journalctl -u google-startup-scripts"
+# The startup script's own lines, copied world-readable (no secrets in them) by its log(): the
+# journal needs sudo or the adm/systemd-journal group, and an OS Login user with only
+# roles/compute.osLogin has neither (sudo comes with roles/compute.osAdminLogin).
+STARTUP_LOG = "/var/log/gcpdl/startup.log"
+
+
+def startup_log_command(name: str, lines: int | None = None) -> str:
+    """The command that shows the setup log, for any login user (no sudo)."""
+    if lines:
+        return f"gcpdl ssh {name} -- tail -n {lines} {STARTUP_LOG}"
+    return f"gcpdl ssh {name} -- cat {STARTUP_LOG}"
 PUBLISH_GRACE = 60.0  # seconds a new VM's guest agent gets to publish its host keys
 
 
@@ -78,7 +87,7 @@ def wait_startup(factory: Any, name: str, zone: str, deadline: Deadline, report:
         if error:
             raise StartupFailed(
                 f"Setting up VM {name} failed: {error}",
-                fix=f"Full log: {startup_log_command(name)} -n 100",
+                fix=f"Full log: {startup_log_command(name, lines=100)}",
             )
         if current and current != seen:
             seen = current

@@ -126,6 +126,9 @@ def _plural(n: int, one: str, many: str) -> str:
 RECORD_ENV = "GCPDL_PROGRESS_RECORDS"
 RECORD_PREFIX = "@gcpdl-progress "
 RECORD_EVERY = 0.5  # seconds between records (the local bar redraws from them)
+# Said (with the holder's pid) by a sync on the VM that follows another one for the same DEST
+# instead of writing: a local Ctrl-C then stops the follower, not the holder.
+ATTACHED_PREFIX = "@gcpdl-following "
 
 
 def to_record(p: Progress) -> str:

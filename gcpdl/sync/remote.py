@@ -123,9 +123,10 @@ STOP_WAIT = 15.0  # seconds the engine on the VM gets to stop after SIGINT (in-f
 class RemoteInterrupted(KeyboardInterrupt):
     """Ctrl-C here while the engine ran on the VM; ``stopped`` says whether it stopped there."""
 
-    def __init__(self, vm: str, stopped: bool, pid: int | None):
+    def __init__(self, vm: str, stopped: bool, pid: int | None, following: int | None = None):
         super().__init__(vm)
         self.vm, self.stopped, self.pid = vm, stopped, pid
+        self.following = following  # the pid of the sync the stopped one only followed (it goes on)
 
 
 class _Lines:
@@ -138,6 +139,7 @@ class _Lines:
         self.buf = b""
         self.last_error: str | None = None
         self.pid: int | None = None
+        self.following: int | None = None
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -146,10 +148,14 @@ class _Lines:
             self._line(line.decode(errors="replace").rstrip("\r"))
 
     def _line(self, text: str) -> None:
-        from gcpdl.sync.progress import RECORD_PREFIX, from_record
+        from gcpdl.sync.progress import ATTACHED_PREFIX, RECORD_PREFIX, from_record
 
         if text.startswith(PID_PREFIX) and self.pid is None:
             self.pid = int(text[len(PID_PREFIX):]) if text[len(PID_PREFIX):].isdigit() else None
+            return
+        if text.startswith(ATTACHED_PREFIX):
+            rest = text[len(ATTACHED_PREFIX):]
+            self.following = int(rest) if rest.isdigit() else None
             return
         if text.startswith(RECORD_PREFIX):
             p = from_record(text)
@@ -250,7 +256,7 @@ def run_remote(session: Any, args: list[str], env: dict[str, str], report: Calla
     try:
         r = session.run(cmd, timeout=None, stdout=out.append, stderr=lines.feed)
     except KeyboardInterrupt:
-        raise RemoteInterrupted(session.target.name, stop_remote(session, lines.pid), lines.pid) from None
+        raise RemoteInterrupted(session.target.name, stop_remote(session, lines.pid), lines.pid, lines.following) from None
     lines.close()
     text = b"".join(out).decode(errors="replace").strip()
     summary = None

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
+import os
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 from gcpdl.errors import SyncError
 from gcpdl.sync.paths import STATE_DIRNAME
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gcpdl.deadline import Deadline
+    from gcpdl.sync.progress import Progress
 
 SCHEMA_VERSION = 1
 FLUSH_ROWS = 2000  # batched commits: one fsync-free WAL commit per batch, not per file
@@ -65,6 +72,126 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# --- who holds the lock, and what it tells a second sync ------------------------------------
+# The lock file names its holder (``pid 1234 started 1795000000.000``); the holder's sync CLI
+# publishes its latest progress record (PROGRESS_FILE) and, before it exits, its result
+# (RESULT_FILE), so a second sync for the same DEST follows the first one instead of failing.
+PROGRESS_FILE = "progress"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    started: float  # unix seconds
+
+    def describe(self) -> str:
+        return f"pid {self.pid}, started {time.strftime('%H:%M:%S', time.gmtime(self.started))} UTC"
+
+
+class SyncBusy(SyncError):
+    """Another sync holds DEST's lock; ``holder`` is None when its lock file does not say who."""
+
+    def __init__(self, dest: Path, holder: Holder | None):
+        who = f" ({holder.describe()})" if holder else ""
+        super().__init__(f"Another gcpdl sync{who} is already writing to {dest}.", fix="Wait for it to finish.")
+        self.dest, self.holder, self.dir = dest, holder, state_dir(dest)
+
+
+def read_holder(sdir: Path) -> Holder | None:
+    try:
+        parts = (sdir / "lock").read_text().split()
+    except OSError:
+        return None
+    if len(parts) == 4 and parts[0] == "pid" and parts[2] == "started":
+        try:
+            return Holder(int(parts[1]), float(parts[3]))
+        except ValueError:
+            return None
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def publish_progress(sdir: Path | None, p: "Progress") -> None:
+    """The holder's latest progress, for a sync that follows it (best effort: a full disk or a
+    vanished DEST must not stop the sync itself)."""
+    from gcpdl.sync.progress import to_record
+
+    if not _holding(sdir):
+        return
+    try:
+        _write_atomic(sdir / PROGRESS_FILE, to_record(p) + "\n")
+    except OSError:
+        pass
+
+
+def _holding(sdir: Path | None) -> bool:
+    holder = read_holder(sdir) if sdir is not None else None
+    return holder is not None and holder.pid == os.getpid()
+
+
+def publish_result(sdir: Path | None, exit_code: int, summary: dict[str, Any] | None, error: str | None) -> None:
+    """How the holder's sync ended; written only by the process the lock file names."""
+    holder = read_holder(sdir) if sdir is not None else None
+    if holder is None or holder.pid != os.getpid():
+        return
+    body = {"pid": holder.pid, "started": holder.started, "exit": exit_code, "summary": summary, "error": error}
+    try:
+        _write_atomic(sdir / RESULT_FILE, json.dumps(body))
+    except OSError:
+        pass
+
+
+def _read_result(sdir: Path, holder: Holder) -> dict[str, Any] | None:
+    try:
+        body = json.loads((sdir / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or (body.get("pid"), body.get("started")) != (holder.pid, holder.started):
+        return None  # a previous sync's
+    return body
+
+
+def follow(busy: SyncBusy, on_progress: Callable[["Progress"], None], deadline: "Deadline", every: float) -> dict[str, Any] | None:
+    """Relay the holder's progress until it ends; its result ({"exit", "summary", "error"}), or
+    None when it ended without one (killed)."""
+    from gcpdl.sync.progress import from_record
+
+    assert busy.holder is not None
+    holder, last = busy.holder, None
+    while True:
+        result = _read_result(busy.dir, holder)
+        if result is not None:
+            return result
+        if not _alive(holder.pid):
+            return _read_result(busy.dir, holder)
+        try:
+            text = (busy.dir / PROGRESS_FILE).read_text().strip()
+        except OSError:
+            text = ""
+        if text and text != last:
+            last = text
+            p = from_record(text)
+            if p is not None:
+                on_progress(p)
+        deadline.pause(every)
+
+
 class State:
     """Opened once per sync; holds an exclusive lock so two syncs never share a DEST."""
 
@@ -77,7 +204,17 @@ class State:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
-            raise SyncError(f"Another gcpdl sync is already writing to {dest}.", fix="Wait for it to finish.") from None
+            raise SyncBusy(dest, read_holder(self.dir)) from None
+        self.holder = Holder(os.getpid(), round(time.time(), 3))
+        for stale in (PROGRESS_FILE, RESULT_FILE):  # a previous holder's
+            try:
+                (self.dir / stale).unlink()
+            except FileNotFoundError:
+                pass
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {self.holder.pid} started {self.holder.started:.3f}\n")
+        self._lock.flush()
         self.path = self.dir / "state.sqlite"
         try:
             self._w = _connect(self.path)
