@@ -26,41 +26,25 @@ import re
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from tests.fakes.loopback import LoopbackServer
 
 EXTERNAL_MESSAGE = ("Login profile is not available: the account is an external user of the organization. "
                     "An organization administrator must grant the user roles/compute.osLoginExternalUser.")
 
 
-class FakeOsLogin:
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
-        self.reset()
-
-    def start(self) -> "FakeOsLogin":
-        owner = self
-
-        class Handler(_Handler):
-            fake = owner
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="fake-oslogin", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+class FakeOsLogin(LoopbackServer):
+    thread_name = "fake-oslogin"
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def handler(self) -> type:
+        return _Handler
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.reset()
 
     def reset(self) -> None:
         with self._lock:

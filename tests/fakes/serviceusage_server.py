@@ -20,11 +20,19 @@ import itertools
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
+from tests.fakes.loopback import LoopbackServer
 
-class FakeServiceUsage:
+
+class FakeServiceUsage(LoopbackServer):
+    thread_name = "fake-serviceusage"
+
+    @property
+    def handler(self) -> type:
+        return _Handler
+
     def __init__(self, project: str, project_number: str = "123456789012", on_enable: Callable[[str], None] | None = None,
                  token_ok: Callable[[str], bool] | None = None):
         self.project = project
@@ -32,8 +40,6 @@ class FakeServiceUsage:
         self.on_enable = on_enable or (lambda service: None)
         self.token_ok = token_ok or (lambda token: bool(token))
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self.port = 0
         self.reset()
 
     def reset(self) -> None:
@@ -50,28 +56,6 @@ class FakeServiceUsage:
     def deny(self) -> None:
         self.denied = True
 
-    # ---------------------------------------------------------------- lifecycle
-    def start(self) -> "FakeServiceUsage":
-        owner = self
-
-        class Handler(_Handler):
-            fake = owner
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, name="fake-serviceusage", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # ---------------------------------------------------------------- the API
     def handle(self, method: str, path: str, auth: str) -> tuple[int, dict[str, Any]]:
