@@ -80,22 +80,25 @@ def test_up_on_a_terminal_shows_a_live_line(env):
     assert "Creating box in us-central1-a: done in " in out
 
 
-def _up_in_background(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gcpdl", "up", "box", "--gpu", "t4", "--yes", *args],
+def _up_interrupted_after(env, call: str, *args: str) -> tuple[int, str]:
+    """`gcpdl up box` in its own process, sent SIGINT once the fake has seen ``call``: (exit
+    code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-m", "gcpdl", "up", "box", "--gpu", "t4", "--yes", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert wait_until(lambda: env.calls(call), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stderr
 
 
 def test_ctrl_c_after_the_insert_says_what_exists_and_keeps_the_ssh_rule(env):
     env.operation_polls = 200  # the insert is still running when Ctrl-C comes
-    proc = _up_in_background("--no-wait")
-    try:
-        assert wait_until(lambda: env.calls("compute.instances.insert"), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    code, stderr = _up_interrupted_after(env, "compute.instances.insert", "--no-wait")
+    assert code == 130, stderr
     lines = stderr.splitlines()
     tail = lines[lines.index(next(x for x in lines if x.startswith("Interrupted."))):]
     assert tail[0].startswith("Interrupted. VM box was already requested in us-central1-a, so it exists (or will in a "
@@ -110,29 +113,16 @@ def test_ctrl_c_after_the_insert_says_what_exists_and_keeps_the_ssh_rule(env):
 def test_ctrl_c_while_restarting_a_stopped_vm_says_it_runs(env):
     env.add_instance("box", status="TERMINATED", labels={"gcpdl": "managed", "gcpdl-gpu": "t4", "gcpdl-gpu-count": "1"})
     env.operation_polls = 200
-    proc = _up_in_background("--no-wait")
-    try:
-        assert wait_until(lambda: env.calls("compute.instances.start"), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    code, stderr = _up_interrupted_after(env, "compute.instances.start", "--no-wait")
+    assert code == 130, stderr
     assert "Interrupted. VM box is running in us-central1-a and costs about $" in stderr
     assert "  resume:  gcpdl up box" in stderr and "Traceback" not in stderr
 
 
 def test_ctrl_c_while_waiting_for_the_vm_says_it_runs(env):
-    proc = _up_in_background()  # waits for the startup script, which never reports in this test
-    try:
-        assert wait_until(lambda: env.calls("compute.instances.getGuestAttributes"), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr
+    # up waits for the startup script, which never reports in this test
+    code, stderr = _up_interrupted_after(env, "compute.instances.getGuestAttributes")
+    assert code == 130, stderr
     assert "Interrupted. VM box is running in us-central1-a and costs about $" in stderr
     assert "  delete:  gcpdl down box" in stderr
     assert env.instance("us-central1-a", "box")["status"] == "RUNNING"
