@@ -44,6 +44,8 @@ _MUTATIONS: dict[str, tuple[str, str, str | None, str | None, str | None]] = {
     "firewalls.insert": ("FirewallsClient", "insert_unary", "firewall_resource", "Firewall", None),
     "firewalls.patch": ("FirewallsClient", "patch_unary", "firewall_resource", "Firewall", "firewall"),
     "firewalls.delete": ("FirewallsClient", "delete_unary", None, None, "firewall"),
+    "resourcePolicies.insert": ("ResourcePoliciesClient", "insert_unary", "resource_policy_resource", "ResourcePolicy", None),
+    "resourcePolicies.delete": ("ResourcePoliciesClient", "delete_unary", None, None, "resource_policy"),
 }
 
 PREFETCH_CLIENTS = ("InstancesClient", "ZoneOperationsClient", "GlobalOperationsClient", "FirewallsClient", "DisksClient")
@@ -195,6 +197,8 @@ class Compute:
             self.factory.compute(_MUTATIONS[kind][0])
         self.factory.compute("ZoneOperationsClient")
         self.factory.compute("GlobalOperationsClient")
+        if any(k.startswith("resourcePolicies.") for k in kinds):
+            self.factory.compute("RegionOperationsClient")
 
     def execute(self, call: ApiCall, deadline: Deadline) -> dict[str, Any]:
         """Send one ApiCall; return the operation as REST JSON (not yet waited for)."""
@@ -209,6 +213,8 @@ class Compute:
         kwargs: dict[str, Any] = {"project": call.project, "request_id": str(uuid.uuid4())}
         if call.zone:
             kwargs["zone"] = call.zone
+        if call.region:
+            kwargs["region"] = call.region
         if name_kw:
             kwargs[name_kw] = call.resource
         if res_kw:
@@ -323,7 +329,8 @@ def operation_error(op: dict[str, Any], project: str, what: str = "") -> GcpdlEr
 
 
 def _what(call: ApiCall) -> str:
-    noun = {"instances": "VM", "disks": "Disk", "firewalls": "Firewall rule"}[call.kind.split(".")[0]]
+    noun = {"instances": "VM", "disks": "Disk", "firewalls": "Firewall rule",
+            "resourcePolicies": "Placement policy"}[call.kind.split(".")[0]]
     return f"{noun} {call.resource}"
 
 
@@ -332,6 +339,8 @@ def _request_type(compute_v1: Any, client_name: str, method_name: str) -> Any:
     # PatchFirewallRequest, set_metadata SetMetadataInstanceRequest...
     verb = "".join(p.capitalize() for p in method_name.removesuffix("_unary").split("_"))
     noun = client_name.removesuffix("sClient")
+    if noun.endswith("ie"):  # ResourcePoliciesClient -> InsertResourcePolicyRequest
+        noun = noun[:-2] + "y"
     return getattr(compute_v1, f"{verb}{noun}Request")
 
 

@@ -352,3 +352,38 @@ def list_rules(compute, deadline) -> list[dict]:
         if not token:
             return out
         params = {**params, "pageToken": token}
+
+
+# --- clusters: the rule that lets a cluster's nodes reach each other ---------------------------
+INTRA_FIELDS = ("direction", "priority", "allowed", "sourceTags", "targetTags")
+
+
+def intra_path(project: str, cluster: str) -> str:
+    return rq.firewall_path(project, rq.intra_rule_name(cluster))
+
+
+def plan_intra(project: str, cluster: str, existing: dict | None, network: str = rq.DEFAULT_NETWORK) -> ApiCall | None:
+    """insert the intra-cluster rule when missing, patch it back when someone changed what it does."""
+    want = rq.intra_body(project, cluster, network)
+    if existing is None:
+        return rq.intra_insert(project, cluster, network)
+    if any(existing.get(k) != want[k] for k in INTRA_FIELDS) or existing.get("disabled"):
+        body = {k: want[k] for k in ("description", *INTRA_FIELDS)}
+        return ApiCall("firewalls.patch", "PATCH", intra_path(project, cluster), body, project, None, want["name"])
+    return None
+
+
+def apply_intra(compute, cluster: str, call: ApiCall, deadline) -> bool:
+    """Run the planned intra-cluster insert/patch; True when this run created the rule."""
+    from gcpdl.errors import Conflict
+
+    try:
+        compute.run(call, deadline)
+        return call.kind == "firewalls.insert"
+    except Conflict:
+        if call.kind != "firewalls.insert":
+            raise
+        fixed = plan_intra(call.project, cluster, {}, (call.body or {}).get("network", "").rsplit("/", 1)[-1] or rq.DEFAULT_NETWORK)
+        if fixed is not None:
+            compute.run(fixed, deadline)
+        return False

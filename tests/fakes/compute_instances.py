@@ -47,6 +47,8 @@ class InstancesMixin:
             raise invalid_field("resource.scheduling.instanceTerminationAction", sched["instanceTerminationAction"],
                                 "Instance termination action can only be set for SPOT instances or with a time limit.")
         image_gb = self._check_disks(project, zone, name, body.get("disks") or [])
+        if body.get("resourcePolicies"):
+            body["resourcePolicies"] = self._check_instance_policies(project, zone, mt_name, body["resourcePolicies"])
         sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot, mt_name)
         if sync_err:
             raise sync_err
@@ -205,6 +207,9 @@ class InstancesMixin:
                         return ApiError(403, msg, reason="quotaExceeded", domain="usageLimits"), None
                     return None, OpError("QUOTA_EXCEEDED", msg, 403, [{"quotaInfo": info}])
         so = self.stockouts.get(zone)
+        if so and so.after > 0 and ignore is None:
+            so.after -= 1  # this one still fits
+            so = None
         if so:
             text = f"The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request."
             if so.sync_503:
@@ -323,7 +328,7 @@ class InstancesMixin:
                 "name": f"nic{i}",
                 "network": self._link(project, "global", "networks", net),
                 "subnetwork": self._link(project, "regions", region, "subnetworks", sub),
-                "networkIP": f"10.128.0.{next(self._ip_counter)}",
+                "networkIP": self.internal_ips.get(name) or f"10.128.0.{next(self._ip_counter)}",
                 "fingerprint": self._fingerprint(),
                 "stackType": "IPV4_ONLY",
             }

@@ -1,0 +1,91 @@
+"""The cluster side of `gcpdl up NAME --nodes N` (and the rendering of clusters elsewhere).
+
+`up` parses and builds the VmSpec as for one VM, then hands over here; the core is
+gcpdl.compute.cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gcpdl.cli.app import App
+
+
+def up_cluster(app: App, vm: Any, nodes: int, first: str, candidates: list[str], source: str | None, *, wait: bool,
+               yes: bool, as_json: bool, dry_run: bool, project: str | None, zone: str | None) -> None:
+    from gcpdl.cli import up as up_cli
+    from gcpdl.compute import cluster, lifecycle
+
+    cluster.validate(vm.name, nodes, vm)
+    settings = app.settings()
+    if dry_run:
+        if not settings.project:
+            from gcpdl.errors import ConfigError
+
+            raise ConfigError("No Google Cloud project set (a dry run looks nothing up).",
+                              fix="Pass --project, set GCPDL_PROJECT, or run: gcpdl config set project PROJECT_ID")
+        login, found = up_cli._oslogin_for_plan(app, project, zone)
+        plan = cluster.plan(settings.project, first, vm, nodes, source or up_cli.DRY_RUN_IP, login=login)
+        plan.plan.oslogin = found
+        app.emit(plan.as_dict(), as_json, render_plan)
+        return
+
+    from gcpdl.compute import firewall
+    from gcpdl.compute.adapter import Compute, prefetch
+
+    prefetch()
+    factory = app.factory(project=project, zone=zone)
+    compute = Compute(factory, factory.project())
+    factory.credentials()
+    if source is None:
+        source = firewall.ssh_source(None)
+
+    def confirm(price: float) -> bool:
+        from gcpdl.cli.options import confirm as ask
+
+        return ask(f"These {nodes} VMs cost about ${price:.2f}/h together while they run. Create them?")
+
+    ctx = lifecycle.UpContext(
+        compute=compute,
+        zones=[first] + [z for z in candidates if z != first],
+        ssh_from=source,
+        progress=app.say,
+        confirm=None if yes else confirm,
+        confirm_above=settings.confirm_above,
+        ready=up_cli._ready_step(factory, app) if wait else None,
+        network_given=vm.network != "default",
+    )
+    result = cluster.up(ctx, vm, nodes)
+    if app.verbose:
+        app.say(f"{result.api_calls} Compute API requests.")
+    app.emit(result.as_dict(), as_json, render_result)
+
+
+def render_plan(plan: dict) -> str:
+    from gcpdl.cli.up import _render_plan
+
+    text = _render_plan(plan).splitlines()
+    text[0] = (f"Plan for cluster {plan['name']}: {plan['nodes']} nodes {plan['node_names'][0]} .. {plan['node_names'][-1]} "
+               f"in {plan['zone']} (project {plan['project']}), nothing created:")
+    out = []
+    for line in text:
+        if line.startswith("  price"):
+            line = (f"  price     {plan['nodes']} x ${plan['price_per_node_hour']:.2f}/h = ${plan['price_per_hour']:.2f}/h "
+                    "while running")
+            out.append(f"  placement {plan['placement']}")
+            out.append("  cluster   all traffic between the nodes (and only theirs) allowed")
+        out.append(line)
+    return "\n".join(out)
+
+
+def render_result(r: dict) -> str:
+    verb = {"created": "Created", "started": "Started", "reused": "Already running:", "repaired": "Repaired"}[r["action"]]
+    lines = [f"{verb} cluster {r['name']}: {len(r['nodes'])} nodes in {r['zone']}"]
+    for n in r["nodes"]:
+        gpu = f"{n['gpu_count']} x {n['gpu']}" if n["gpu"] else "no GPU"
+        lines.append(f"  {n['name']:<20} {n['state']:<11} {n['machine_type']}  {gpu}{' (Spot)' if n['spot'] else ''}  "
+                     f"address {n['external_ip'] or '-'}  internal {n['internal_ip'] or '-'}")
+    lines.append(f"  price     ${r['price_per_hour']:.2f}/h for the cluster while running")
+    lines.append(f"Run on every node: gcpdl run {r['name']} -- CMD   (MASTER_ADDR, NODE_RANK, ... set for torchrun)")
+    lines.append(f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}")
+    return "\n".join(lines)
