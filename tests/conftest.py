@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.ssh",
     "tests.fixtures.oslogin",
     "tests.fixtures.storage",
+    "tests.fixtures.cluster",
 ]

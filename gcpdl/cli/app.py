@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "sync": "gcpdl.cli.sync:sync",
     "autostop": "gcpdl.cli.autostop:autostop",
     "cost": "gcpdl.cli.cost:cost",
+    "run": "gcpdl.cli.run:run",
 }
 
 

@@ -1,0 +1,109 @@
+"""`gcpdl run NAME -- CMD` on N real sshd "nodes" (tests/fixtures/cluster.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures.ssh import wait_until
+from tests.helpers import run
+
+CONTRACT = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE")
+
+
+def by_node(stdout: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        assert line.startswith("["), line
+        node, text = line[1:].split("] ", 1)
+        out.setdefault(node.strip(), []).append(text)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_every_node_gets_torchrun_contract(ssh_cluster):
+    grep = "env | grep -E '^(" + "|".join(CONTRACT) + ")=' | sort; echo via $SSH_CONNECTION"
+    result = run("run", "c", "--", grep)
+    assert result.exit_code == 0, result.output
+    nodes = by_node(result.stdout)
+    assert sorted(nodes) == ["c-0", "c-1", "c-2"]
+    for k in range(3):
+        lines = nodes[f"c-{k}"]
+        env = dict(line.split("=", 1) for line in lines if "=" in line)
+        assert env == {"MASTER_ADDR": "127.0.0.2", "MASTER_PORT": "29500", "NNODES": "3", "NODE_RANK": str(k),
+                       "NPROC_PER_NODE": "2", "WORLD_SIZE": "6"}
+    # each node's command ran on its own node (its sshd's address)
+    via = {node: [t for t in lines if t.startswith("via ")] for node, lines in nodes.items()}
+    assert {n: v[0].split()[3] for n, v in via.items()} == {"c-0": "127.0.0.2", "c-1": "127.0.0.3", "c-2": "127.0.0.4"}
+
+
+def test_words_are_joined_as_ssh_does_and_port_is_settable(ssh_cluster):
+    result = run("run", "c", "--port", "12345", "--", "echo", "rank=$NODE_RANK", "port=$MASTER_PORT")
+    assert result.exit_code == 0, result.output
+    assert sorted(by_node(result.stdout).items()) == [(f"c-{k}", [f"rank={k} port=12345"]) for k in range(3)]
+
+
+def test_first_failing_node_sets_exit_code_and_the_others_are_stopped(ssh_cluster, tmp_path):
+    # nodes 0 and 2 start a long command; node 1 fails once they are both running
+    cmd = (f"echo $$ > {tmp_path}/pid-$NODE_RANK; "
+           f"if [ $NODE_RANK = 1 ]; then while [ ! -e {tmp_path}/pid-0 ] || [ ! -e {tmp_path}/pid-2 ]; do sleep 0.05; done; "
+           "echo failing; exit 7; fi; exec sleep 300")
+    result = run("run", "c", "--", cmd)
+    assert result.exit_code == 7, result.output
+    assert "Node 1 failed (exit 7); stopping the other nodes." in result.stderr
+    assert "Node c-1 failed first (exit 7)." in result.stderr
+    assert by_node(result.stdout)["c-1"] == ["failing"]
+    pids = [int((tmp_path / f"pid-{k}").read_text()) for k in (0, 2)]
+    assert wait_until(lambda: not any(alive(p) for p in pids), timeout=20)
+
+
+def test_keep_going_lets_the_others_finish(ssh_cluster):
+    result = run("run", "c", "--keep-going", "--", "[ $NODE_RANK = 2 ] && exit 3; echo done")
+    assert result.exit_code == 3, result.output
+    nodes = by_node(result.stdout)
+    assert nodes["c-0"] == ["done"] and nodes["c-1"] == ["done"] and "c-2" not in nodes
+
+
+def test_ctrl_c_stops_the_command_on_every_node(ssh_cluster, tmp_path):
+    cmd = f"echo $$ > {tmp_path}/pid-$NODE_RANK; echo started; exec sleep 300"
+    proc = subprocess.Popen([sys.executable, "-m", "gcpdl", "run", "c", "--", cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        files = [tmp_path / f"pid-{k}" for k in range(3)]
+        assert wait_until(lambda: all(f.exists() and f.read_text().strip() for f in files), timeout=60), proc.poll()
+        pids = [int(f.read_text()) for f in files]
+        assert wait_until(lambda: all(alive(p) for p in pids), timeout=5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert b"Interrupting 3 node(s)..." in err
+    assert wait_until(lambda: not any(alive(p) for p in pids), timeout=20), [p for p in pids if alive(p)]
+    assert b"Traceback" not in err
+
+
+def test_a_stopped_node_is_refused_with_the_fix(ssh_cluster):
+    ssh_cluster.gcp.preempt("us-central1-a", "c-1")
+    result = run("run", "c", "--", "true")
+    assert result.exit_code != 0
+    assert "Not every node of cluster c is running (c-1 " in result.stderr and "gcpdl start c" in result.stderr
+
+
+def test_no_such_cluster_and_no_command(env):
+    result = run("run", "nope", "--", "true")
+    assert result.exit_code != 0 and "No cluster named nope" in result.stderr
+    result = run("run", "nope", "--", " ")
+    assert result.exit_code == 2 and "No command given" in result.stderr
