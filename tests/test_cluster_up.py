@@ -151,3 +151,38 @@ def test_a_single_vm_of_that_name_is_not_a_cluster(env):
     assert run("up", "c", "--gpu", "t4", "--yes").exit_code == 0
     result = run("up", "c", "--nodes", "2", "--gpu", "t4", "--yes")
     assert result.exit_code == 2 and "a cluster needs a name of its own" in result.stderr
+
+
+def test_stop_start_down_status_treat_the_cluster_as_a_unit(env):
+    assert run("up", "c", "--nodes", "3", "--gpu", "l4", "--spot", "--yes").exit_code == 0
+    assert run("up", "solo", "--gpu", "t4", "--yes").exit_code == 0
+    st = run("status", "c", "--json")
+    assert st.exit_code == 0, st.output
+    assert [(r["name"], r["cluster"]) for r in json.loads(st.stdout)] == [("c-0", "c"), ("c-1", "c"), ("c-2", "c")]
+    result = run("stop", "c", "--json")
+    assert result.exit_code == 0, result.output
+    assert [(r["name"], r["state"]) for r in json.loads(result.stdout)] == [(f"c-{k}", "TERMINATED") for k in range(3)]
+    assert env.instance(ZONE, "solo")["status"] == "RUNNING"
+    env.internal_ips.clear()
+    result = run("start", "c", "--json")
+    assert result.exit_code == 0, result.output
+    assert {r["state"] for r in json.loads(result.stdout)} == {"RUNNING"}
+    env.preempt(ZONE, "c-2")
+    human = run("status")
+    assert "cluster c: 3 nodes (1 preempted, 2 running)" in human.stdout, human.output
+    assert "gcpdl up c --nodes 3" in human.stdout
+    result = run("down", "c", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    deleted = json.loads(result.stdout)["deleted"]
+    assert {"instance c-0", "instance c-1", "instance c-2", "placement policy gcpdl-place-c", "firewall rule gcpdl-ssh-c",
+            "firewall rule gcpdl-intra-c", "firewall rule gcpdl-deny-ssh-c"} <= set(deleted)
+    assert names(env) == ["solo"] and env.policies() == []
+    assert sorted(rules(env)) == ["gcpdl-deny-ssh-solo", "gcpdl-ssh-solo"]
+    # the deny rule went last, after every node was gone
+    deletes = [r.path.rsplit("/", 1)[-1] for r in env.requests if r.method == "DELETE"]
+    assert deletes.index("gcpdl-deny-ssh-c") > max(deletes.index(f"c-{k}") for k in range(3))
+
+
+def test_stop_of_nothing_still_says_no_vm(env):
+    result = run("stop", "nothing")
+    assert result.exit_code != 0 and "No VM named nothing" in result.stderr

@@ -89,3 +89,47 @@ def render_result(r: dict) -> str:
     lines.append(f"Run on every node: gcpdl run {r['name']} -- CMD   (MASTER_ADDR, NODE_RANK, ... set for torchrun)")
     lines.append(f"Stop paying: gcpdl stop {r['name']}  /  gcpdl down {r['name']}")
     return "\n".join(lines)
+
+
+def as_cluster(app: App, compute: Any, name: str, verb: str, as_json: bool, ssh_from: str | None = None) -> bool:
+    """`stop NAME` / `start NAME` where NAME is a cluster: every node, in parallel. False when
+    there is no cluster NAME either (the caller's NotFound stands)."""
+    from gcpdl.compute import cluster
+    from gcpdl.deadline import Deadline
+
+    if cluster.find(compute, name, Deadline(60, f"cluster {name}")) is None:
+        return False
+    if verb == "stop":
+        nodes = cluster.stop(compute, name, progress=app.say)
+    else:
+        nodes = cluster.start(compute, name, progress=app.say, ssh_from=ssh_from)
+        from gcpdl.cli.lifecycle import refresh_ssh_config
+
+        refresh_ssh_config(app, nodes)
+    rows = [n.summary() for n in nodes]
+    app.emit(rows, as_json, lambda rs: "\n".join(
+        f"{r['name']} in {r['zone']}: {r['state']}" + (f"  address {r['external_ip'] or '-'}" if verb == "start" else "")
+        for r in rs))
+    return True
+
+
+def status_lines(rows: list[dict]) -> list[str]:
+    """`status`: each cluster summed up under the table (state counts, price, what to do)."""
+    clusters: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("cluster"):
+            clusters.setdefault(r["cluster"], []).append(r)
+    out = []
+    for name, nodes in sorted(clusters.items()):
+        states: dict[str, int] = {}
+        for r in nodes:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()))
+        price = sum(r["price_per_hour"] for r in nodes if r["state"] == "RUNNING")
+        line = f"cluster {name}: {len(nodes)} nodes ({counts}), ${price:.2f}/h now"
+        if states.get("PREEMPTED"):
+            line += f"; preempted node(s): `gcpdl up {name} --nodes {len(nodes)}` brings the cluster back whole"
+        elif states.get("RUNNING") and len(states) > 1:
+            line += f"; not every node runs: `gcpdl start {name}` starts the rest"
+        out.append(line)
+    return out

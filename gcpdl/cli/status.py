@@ -66,4 +66,7 @@ def _render(rows: list[dict]) -> str:
     for r in rows:
         if r.get("autostop_reason"):
             lines.append(f"{r['name']}: stopped by autostop ({r['autostop_reason']})")
+    from gcpdl.cli.cluster import status_lines
+
+    lines += status_lines(rows)  # one line per cluster: its nodes as a unit
     return "\n".join(lines)

@@ -561,6 +561,11 @@ def down(
     deadline = compute.new_deadline(DELETE_TIMEOUT, f"{name} to be deleted")
     inst = find(compute, name, deadline)
     if inst is None:
+        from gcpdl.compute import cluster
+
+        # a cluster's rules carry its name too: never take them for a lone VM's leftovers
+        if cluster.find(compute, name, deadline) is not None:
+            return cluster.down(compute, name, confirm=confirm, progress=progress, now=now)
         return _down_leftovers(compute, name, delete_data, confirm, deadline, progress)
     if not inst.managed:
         raise InvalidInput(f"VM {name} was not created by gcpdl; delete it in the console if you mean to.")
@@ -655,6 +660,7 @@ class VmStatus:
     def as_dict(self) -> dict[str, Any]:
         return {
             **self.instance.summary(),
+            "cluster": self.instance.labels.get(rq.CLUSTER_LABEL),
             "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
             "price_per_hour": self.price_per_hour,
             "spend_since_start": self.spend_since_start,
@@ -672,8 +678,8 @@ def status(compute: Compute, name: str | None = None, now: Callable[[], float] =
         f_rules = pool.submit(_rules_or_none, compute, deadline)
         vms = list_managed(compute, deadline)
         lookup.remember(compute, *vms)
-        if name is not None:
-            vms = [v for v in vms if v.name == name]
+        if name is not None:  # a VM, or every node of a cluster
+            vms = [v for v in vms if v.name == name or v.labels.get(rq.CLUSTER_LABEL) == name]
             if not vms:
                 raise NotFound(f"No gcpdl VM named {name} in project {compute.project}.", fix="See your VMs with: gcpdl status")
         out = _status_rows(compute, vms, deadline, now)
