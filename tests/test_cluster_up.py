@@ -186,3 +186,16 @@ def test_stop_start_down_status_treat_the_cluster_as_a_unit(env):
 def test_stop_of_nothing_still_says_no_vm(env):
     result = run("stop", "nothing")
     assert result.exit_code != 0 and "No VM named nothing" in result.stderr
+
+
+def test_autostop_and_cost_cover_every_node(env):
+    assert run("up", "c", "--nodes", "2", "--gpu", "l4", "--yes").exit_code == 0
+    result = run("autostop", "c", "30m", "--json")
+    assert result.exit_code == 0, result.output
+    assert [(r["name"], r["minutes"]) for r in json.loads(result.stdout)] == [("c-0", 30), ("c-1", 30)]
+    for inst in env.instances():
+        items = {i["key"]: i["value"] for i in inst["metadata"]["items"]}
+        assert items["gcpdl-autostop"] == "30"
+    result = run("cost", "c", "--json")
+    assert result.exit_code == 0, result.output
+    assert sorted(v["name"] for v in json.loads(result.stdout)["vms"]) == ["c-0", "c-1"]

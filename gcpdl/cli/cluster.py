@@ -133,3 +133,19 @@ def status_lines(rows: list[dict]) -> list[str]:
             line += f"; not every node runs: `gcpdl start {name}` starts the rest"
         out.append(line)
     return out
+
+
+def autostop_cluster(app: App, compute: Any, name: str, minutes: int | None, as_json: bool, render: Any) -> bool:
+    """`autostop NAME WINDOW` for cluster NAME: the window on every node (the nodes' agents stop
+    the cluster once every node has been idle that long). False when there is no such cluster."""
+    from gcpdl.autostop import set_autostop
+    from gcpdl.compute import cluster
+    from gcpdl.deadline import Deadline
+
+    found = cluster.find(compute, name, Deadline(60, f"cluster {name}"))
+    if found is None:
+        return False
+    results = cluster._each(found.nodes, lambda n: set_autostop(compute, n.name, minutes))
+    rows = [r.as_dict() for r in results]
+    app.emit(rows, as_json, lambda rs: "\n".join(render(r) for r in rs))
+    return True

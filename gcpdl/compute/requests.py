@@ -316,6 +316,7 @@ INTRA_PRIORITY = 1500
 CLUSTER_LABEL = "gcpdl-cluster"
 NODE_LABEL = "gcpdl-node"
 NODES_LABEL = "gcpdl-nodes"
+CLUSTER_PEERS_KEY = "gcpdl-cluster-peers"  # instance attribute: the other nodes' names
 # Machine families that take a compact (COLLOCATED) placement policy; N1 and E2 allow only spread
 # placement (https://cloud.google.com/compute/docs/instances/use-compact-placement-policies).
 COMPACT_FAMILIES = frozenset({"a2", "a3", "a4", "c2", "c2d", "c3", "c3d", "c4", "g2", "h3", "n2", "n2d"})
@@ -391,6 +392,10 @@ def node_body(project: str, zone: str, spec: VmSpec, cluster: str, rank: int, no
     body = instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup_script, now=now, subnet=subnet)
     body["labels"].update({CLUSTER_LABEL: cluster, NODE_LABEL: str(rank), NODES_LABEL: str(nodes)})
     body["tags"] = {"items": [network_tag(cluster)]}
+    # the autostop agent stops a node only once every node is idle (gcpdl/agent/peers.py)
+    peers = ",".join(f"{cluster}-{k}" for k in range(nodes) if k != rank)
+    if peers:
+        body["metadata"]["items"].append({"key": CLUSTER_PEERS_KEY, "value": peers})
     if policy:
         body["resourcePolicies"] = [policy]
     return body
