@@ -149,3 +149,69 @@ def autostop_cluster(app: App, compute: Any, name: str, minutes: int | None, as_
     rows = [r.as_dict() for r in results]
     app.emit(rows, as_json, lambda rs: "\n".join(render(r) for r in rs))
     return True
+
+
+def sync_cluster(app: App, factory: Any, name: str, url: Any, dest: Any, as_json: bool, source: list[str],
+                 flags: list[str]) -> bool:
+    """`sync gs://... --on NAME` for cluster NAME: every node fills itself from GCS, in parallel,
+    under one combined progress line. False when there is no cluster NAME."""
+    import os
+    import sys
+    import time
+
+    import click
+
+    from gcpdl.cli.sync import LINE_EVERY, _human
+    from gcpdl.cluster.nodes import open_sessions
+    from gcpdl.cluster.sync import sync_nodes
+    from gcpdl.compute import cluster
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.deadline import Deadline
+    from gcpdl.errors import SyncError, SyncIncomplete
+    from gcpdl.sync import remote
+
+    if cluster.find(Compute(factory, factory.project()), name, Deadline(60, f"cluster {name}")) is None:
+        return False
+    found, sessions = open_sessions(app, factory, name)
+    names = [n.name for n in found.nodes]
+    target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
+    app.say(f"Syncing {url} to {target_dest} on each of the {len(names)} nodes of {name}")
+    tty = sys.stderr.isatty()
+    lock = __import__("threading").Lock()
+    last = [0.0, ""]
+
+    def on_line(line: str) -> None:
+        with lock:
+            last[1] = line
+            if tty:
+                click.echo("\r" + line, nl=False, err=True)
+            elif time.monotonic() - last[0] >= LINE_EVERY:
+                last[0] = time.monotonic()
+                app.say(line)
+
+    def on_note(node: str, line: str) -> None:
+        with lock:
+            app.say(("\n" if tty else "") + f"[{node}] {line}")
+
+    results = sync_nodes(sessions, names, [*source, target_dest, *flags], remote.forwarded_env(), on_line, on_note,
+                         python=os.environ.get("GCPDL_REMOTE_PYTHON"))
+    if tty:
+        click.echo("", err=True)
+    elif last[1]:
+        app.say(last[1])  # the final combined line
+    summaries = [dict(r.summary, vm=r.name) for r in results if r.summary is not None]
+    data = {
+        "cluster": name,
+        "nodes": summaries,
+        "files": sum(s.get("files", 0) for s in summaries),
+        "bytes": sum(s.get("bytes", 0) for s in summaries),
+        "failed": sum(s.get("failed", 0) for s in summaries),
+    }
+    app.emit(data, as_json, lambda d: "\n".join(f"[{s['vm']}] {_human(s)}" for s in d["nodes"]))
+    bad = [r for r in results if r.exit_code != 0]
+    if bad:
+        err = SyncError("; ".join(f"On node {r.name}: {r.error}" for r in bad))
+        code = bad[0].exit_code
+        err.exit_code = code if code in (1, 2, SyncIncomplete.exit_code) else 1
+        raise err
+    return True

@@ -129,7 +129,16 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
     else:
         name = remote.pick_vm(_running_vms(app, project))
     factory = app.factory(project=project, zone=zone)
-    session = target_session(factory, name, zone, report=app.say)
+    from gcpdl.errors import NotFound
+
+    try:
+        session = target_session(factory, name, zone, report=app.say)
+    except NotFound:
+        from gcpdl.cli.cluster import sync_cluster
+
+        if not on_vm or not sync_cluster(app, factory, name, url, dest, as_json, [source], flags):  # every node of cluster NAME
+            raise
+        return
     app.on_close(session.close)
     target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
     app.say(f"Syncing {url} to {name}:{target_dest}")
