@@ -263,26 +263,34 @@ def up(ctx: lc.UpContext, spec: VmSpec, nodes: int) -> ClusterUpResult:
     compute.clients_for(kinds)
     create_deadline = compute.new_deadline(lc.CREATE_TIMEOUT, f"cluster {name} to be created")
     made = _Created()
-    try:
-        # the deny rule before any node exists (as for one VM); the intra rule before the nodes
-        # look for each other; the SSH allow rule beside the inserts
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="gcpdl-fw") as pool:
-            futures = [(c.resource, pool.submit(fw.apply, compute, name, c, create_deadline)) for c in rule_calls]
-            if intra_call is not None:
-                futures.append((intra_call.resource, pool.submit(fw.apply_intra, compute, name, intra_call, create_deadline)))
-            errors = []
-            for rule, f in futures:
-                try:
-                    if f.result():
-                        made.rules.append(rule)
-                except BaseException as e:  # noqa: BLE001 - the first is raised once all are settled
-                    errors.append(e)
-            if errors:
-                raise errors[0]
-        zone = _create_group(ctx, spec, nodes, first, queue, create_deadline, extras, choice, made)
-    except BaseException:
-        _undo(ctx, name, made)
-        raise
+    # The deny rule must exist before any node does (as for one VM), the intra-cluster rule before
+    # the nodes look for each other; both are made while the placement policy is, and the SSH
+    # allow rule beside the inserts: the group's critical path is one VM's.
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="gcpdl-fw") as pool:
+        guards = [(c.resource, pool.submit(fw.apply, compute, name, c, create_deadline)) for c in rule_calls
+                  if c.resource != rq.firewall_name(name)]
+        if intra_call is not None:
+            guards.append((intra_call.resource, pool.submit(fw.apply_intra, compute, name, intra_call, create_deadline)))
+        allow = [(c.resource, pool.submit(fw.apply, compute, name, c, create_deadline)) for c in rule_calls
+                 if c.resource == rq.firewall_name(name)]
+
+        def before_insert() -> None:
+            for rule, f in guards:
+                if f.result() and rule not in made.rules:
+                    made.rules.append(rule)
+
+        try:
+            zone = _create_group(ctx, spec, nodes, first, queue, create_deadline, extras, choice, made,
+                                 before_insert=before_insert)
+            for rule, f in allow:
+                if f.result():
+                    made.rules.append(rule)
+        except BaseException:
+            for rule, f in guards + allow:
+                if lc._settle(f) and rule not in made.rules:
+                    made.rules.append(rule)
+            _undo(ctx, name, made)
+            raise
     members = require(compute, name, create_deadline).nodes
     result = ClusterUpResult(name, members, "created", round(lc.price_for(spec, zone) * nodes, 2), ctx.attempts, ctx.ssh_from,
                              placement=rq.placement_policy_name(name) if rq.supports_compact(spec.machine_type) else None)
@@ -291,7 +299,7 @@ def up(ctx: lc.UpContext, spec: VmSpec, nodes: int) -> ClusterUpResult:
 
 def _create_group(ctx: lc.UpContext, spec: VmSpec, nodes: int, first: str, queue: list[str], deadline: Deadline,
                   extras: tuple[str, str], choice: nw.NetworkChoice, made: _Created,
-                  ranks: list[int] | None = None) -> str:
+                  ranks: list[int] | None = None, before_insert: Callable[[], None] | None = None) -> str:
     """Insert the nodes (``ranks``, default all) in ``first``, then ``queue`` on stockout or
     regional quota, the whole group each time. Returns the zone used."""
     compute, project, name = ctx.compute, ctx.compute.project, spec.name
@@ -310,6 +318,8 @@ def _create_group(ctx: lc.UpContext, spec: VmSpec, nodes: int, first: str, queue
         bodies = [rq.node_body(project, zone, dataclasses.replace(spec, name=node_name(name, k)), name, k, nodes, policy,
                                ssh_keys=ssh_keys, startup_script=startup, now=ctx.now(), subnet=choice.subnet_for(zone))
                   for k in ranks]
+        if before_insert is not None:
+            before_insert()  # the firewall rules the nodes need from their first second
         error = _insert_all(ctx, zone, bodies, deadline)
         if error is None:
             ctx.attempts.append(ZoneAttempt(zone, "created"))
