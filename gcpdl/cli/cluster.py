@@ -11,11 +11,17 @@ from typing import Any
 from gcpdl.cli.app import App
 
 
-def up_cluster(app: App, vm: Any, nodes: int, first: str, candidates: list[str], source: str | None, *, wait: bool,
-               yes: bool, as_json: bool, dry_run: bool, project: str | None, zone: str | None) -> None:
+def up_cluster(app: App, vm: Any, nodes: int | None, first: str, candidates: list[str], source: str | None, *, wait: bool,
+               yes: bool, as_json: bool, dry_run: bool, project: str | None, zone: str | None,
+               shared: int | None = None) -> None:
     from gcpdl.cli import up as up_cli
     from gcpdl.compute import cluster, lifecycle
+    from gcpdl.errors import InvalidInput
 
+    if nodes is None:
+        raise InvalidInput("--shared is for a cluster: add --nodes N.")
+    if shared is not None and not 10 <= shared <= 65536:
+        raise InvalidInput(f"--shared {shared}: a shared disk is 10 to 65536 GB.")
     cluster.validate(vm.name, nodes, vm)
     settings = app.settings()
     if dry_run:
@@ -56,6 +62,9 @@ def up_cluster(app: App, vm: Any, nodes: int, first: str, candidates: list[str],
         network_given=vm.network != "default",
     )
     result = cluster.up(ctx, vm, nodes)
+    if shared is not None:
+        disk = cluster.attach_shared(compute, vm.name, shared, progress=app.say)
+        app.say(f"{disk} is attached read-only to every node; fill it with: gcpdl sync gs://BUCKET/PATH --on {vm.name} --shared")
     if app.verbose:
         app.say(f"{result.api_calls} Compute API requests.")
     app.emit(result.as_dict(), as_json, render_result)
@@ -152,7 +161,7 @@ def autostop_cluster(app: App, compute: Any, name: str, minutes: int | None, as_
 
 
 def sync_cluster(app: App, factory: Any, name: str, url: Any, dest: Any, as_json: bool, source: list[str],
-                 flags: list[str]) -> bool:
+                 flags: list[str], shared: bool = False) -> bool:
     """`sync gs://... --on NAME` for cluster NAME: every node fills itself from GCS, in parallel,
     under one combined progress line. False when there is no cluster NAME."""
     import os
@@ -175,6 +184,8 @@ def sync_cluster(app: App, factory: Any, name: str, url: Any, dest: Any, as_json
     found, sessions = open_sessions(app, factory, name)
     names = [n.name for n in found.nodes]
     target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
+    if shared:
+        return _sync_shared(app, factory, found, sessions, url, dest, as_json, source, flags)
     app.say(f"Syncing {url} to {target_dest} on each of the {len(names)} nodes of {name}")
     tty = sys.stderr.isatty()
     lock = __import__("threading").Lock()
@@ -213,5 +224,41 @@ def sync_cluster(app: App, factory: Any, name: str, url: Any, dest: Any, as_json
         err = SyncError("; ".join(f"On node {r.name}: {r.error}" for r in bad))
         code = bad[0].exit_code
         err.exit_code = code if code in (1, 2, SyncIncomplete.exit_code) else 1
+        raise err
+    return True
+
+
+def _sync_shared(app: App, factory: Any, found: Any, sessions: list[Any], url: Any, dest: Any, as_json: bool,
+                 source: list[str], flags: list[str]) -> bool:
+    """`sync --on NAME --shared`: node 0 fills NAME-shared once; every node then reads it."""
+    import os
+    from pathlib import PurePosixPath
+
+    from gcpdl.cli.sync import _human
+    from gcpdl.cluster.shared import MOUNT_POINT, prepare_over_ssh
+    from gcpdl.compute import cluster
+    from gcpdl.compute.adapter import Compute
+    from gcpdl.errors import InvalidInput, SyncError, SyncIncomplete
+    from gcpdl.sync import remote
+
+    rel = PurePosixPath(str(dest)) if dest is not None else PurePosixPath(url.prefix.rstrip("/").rsplit("/", 1)[-1] or url.bucket)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise InvalidInput(f"With --shared, DEST is a folder inside the shared disk ({MOUNT_POINT}): '{dest}' is not.")
+    target = f"{MOUNT_POINT}/{rel}"
+    by_name = {n.name: s for n, s in zip(found.nodes, sessions)}
+    compute = Compute(factory, factory.project())
+
+    def fill(head: Any) -> Any:
+        app.say(f"Syncing {url} to {target} on the shared disk, through {head.name}")
+        return remote.run_remote(by_name[head.name], [*source, target, *flags], remote.forwarded_env(), app.say,
+                                 python=os.environ.get("GCPDL_REMOTE_PYTHON"))
+
+    result = cluster.fill_shared(compute, found.name, fill, prepare_over_ssh(by_name), progress=app.say)
+    if result.summary is not None:
+        result.summary["vm"] = f"{found.name} (shared, read-only on every node at {target})"
+        app.emit(result.summary, as_json, _human)
+    if result.exit_code != 0:
+        err = SyncError(f"On node {found.head.name}: {result.error}")
+        err.exit_code = result.exit_code if result.exit_code in (1, 2, SyncIncomplete.exit_code) else 1
         raise err
     return True

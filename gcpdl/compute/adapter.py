@@ -39,6 +39,8 @@ _MUTATIONS: dict[str, tuple[str, str, str | None, str | None, str | None]] = {
     "instances.stop": ("InstancesClient", "stop_unary", None, None, "instance"),
     "instances.delete": ("InstancesClient", "delete_unary", None, None, "instance"),
     "instances.setMetadata": ("InstancesClient", "set_metadata_unary", "metadata_resource", "Metadata", "instance"),
+    "instances.attachDisk": ("InstancesClient", "attach_disk_unary", "attached_disk_resource", "AttachedDisk", "instance"),
+    "instances.detachDisk": ("InstancesClient", "detach_disk_unary", None, None, "instance"),
     "disks.insert": ("DisksClient", "insert_unary", "disk_resource", "Disk", None),
     "disks.delete": ("DisksClient", "delete_unary", None, None, "disk"),
     "firewalls.insert": ("FirewallsClient", "insert_unary", "firewall_resource", "Firewall", None),
@@ -215,6 +217,8 @@ class Compute:
             kwargs["zone"] = call.zone
         if call.region:
             kwargs["region"] = call.region
+        if call.kind == "instances.detachDisk":
+            kwargs["device_name"] = call.query["deviceName"]
         if name_kw:
             kwargs[name_kw] = call.resource
         if res_kw:

@@ -528,9 +528,9 @@ def start(compute: Compute, name: str, now: Callable[[], float] = time.time, pro
 
 
 def down(compute: Compute, name: str, confirm: Callable[[str], bool] | None = None, progress: lc.Progress = lc._quiet,
-         now: Callable[[], float] = time.time) -> lc.DownResult:
+         now: Callable[[], float] = time.time, delete_data: bool = False) -> lc.DownResult:
     """Delete every node (in parallel), then the placement policy, the SSH and intra rules, the
-    deny rule last."""
+    deny rule last. The shared disk (a dataset) is kept unless ``delete_data``."""
     deadline = compute.new_deadline(lc.DELETE_TIMEOUT, f"cluster {name} to be deleted")
     cluster = require(compute, name, deadline)
     if confirm is not None and not confirm(f"cluster {name} ({len(cluster.nodes)} nodes in {cluster.zone})"):
@@ -548,8 +548,63 @@ def down(compute: Compute, name: str, confirm: Callable[[str], bool] | None = No
     for rule in (rq.firewall_name(name), rq.intra_rule_name(name), rq.deny_rule_name(name)):
         if lc._delete_rule(compute, rule, deadline):
             deleted.append(f"firewall rule {rule}")
+    disk = rq.shared_disk_name(name)
+    kept_disks = lc._kept_disk(compute, cluster.zone, disk, deadline)
+    if kept_disks and delete_data:
+        compute.run(rq.disk_delete(compute.project, cluster.zone, disk), deadline)
+        return lc.DownResult(name, cluster.zone, deleted + [f"data disk {disk}"], [])
+    if kept_disks:
+        return lc.DownResult(name, cluster.zone, deleted, [f"data disk {disk}"], kept_disks)
     return lc.DownResult(name, cluster.zone, deleted, [])
 
 
 __all__ = ["Cluster", "ClusterPlan", "ClusterUpResult", "MAX_NODES", "create_calls", "down", "find", "node_name", "plan",
            "rank_of", "require", "start", "stop", "up", "validate"]
+
+
+# --- --shared: one data disk for the whole cluster ---------------------------------------------------
+def _has_shared(inst: Instance, cluster: str) -> bool:
+    return rq.shared_disk_name(cluster) in inst.disks
+
+
+def attach_shared(compute: Compute, name: str, size_gb: int, progress: lc.Progress = lc._quiet) -> str:
+    """Make NAME-shared (once) in the cluster's zone and attach it read-only to every node that
+    lacks it: GCE lets any number of VMs read one disk, as long as none writes to it."""
+    deadline = compute.new_deadline(lc.CREATE_TIMEOUT, f"the shared disk of {name}")
+    found = require(compute, name, deadline)
+    disk = rq.shared_disk_name(name)
+    compute.clients_for(["disks.insert", "instances.attachDisk"])
+    if compute.get_or_none(f"{rq.zone_path(compute.project, found.zone)}/disks/{disk}", deadline) is None:
+        progress(f"Creating the shared data disk {disk} ({size_gb} GB) in {found.zone}...")
+        compute.run(rq.shared_disk_insert(compute.project, found.zone, name, size_gb), deadline)
+    todo = [n for n in found.nodes if not _has_shared(n, name)]
+    _each(todo, lambda n: compute.run(rq.attach_disk(compute.project, n.zone, n.name, disk, read_only=True), deadline))
+    return disk
+
+
+def fill_shared(compute: Compute, name: str, fill: Callable[[Instance], Any],
+                prepare: Callable[[list[Instance], str], None], progress: lc.Progress = lc._quiet) -> Any:
+    """Fill NAME-shared once: off every node, read-write on node 0 for ``fill(node0)``, then
+    read-only on every node again, whatever ``fill`` did. ``prepare(nodes, step)`` runs on the
+    nodes themselves: "unmount", "rw" (format a blank disk, mount it writable), "ro"."""
+    deadline = compute.new_deadline(lc.CREATE_TIMEOUT, f"the shared disk of {name}")
+    found = require(compute, name, deadline)
+    disk = rq.shared_disk_name(name)
+    if compute.get_or_none(f"{rq.zone_path(compute.project, found.zone)}/disks/{disk}", deadline) is None:
+        raise NotFound(f"Cluster {name} has no shared disk.", fix=f"Add one with: gcpdl up {name} --nodes {found.size} --shared GB")
+    compute.clients_for(["instances.attachDisk", "instances.detachDisk"])
+    project, head = compute.project, found.head
+    attached = [n for n in found.nodes if _has_shared(n, name)]
+    progress(f"Taking {disk} off the {len(attached)} node(s) that read it, to fill it from {head.name}...")
+    prepare(attached, "unmount")
+    _each(attached, lambda n: compute.run(rq.detach_disk(project, n.zone, n.name), deadline))
+    compute.run(rq.attach_disk(project, head.zone, head.name, disk, read_only=False), deadline)
+    try:
+        prepare([head], "rw")
+        return fill(head)
+    finally:
+        progress(f"Attaching {disk} read-only to every node of {name} again...")
+        prepare([head], "unmount")
+        compute.run(rq.detach_disk(project, head.zone, head.name), deadline)
+        _each(found.nodes, lambda n: compute.run(rq.attach_disk(project, n.zone, n.name, disk, read_only=True), deadline))
+        prepare(found.nodes, "ro")

@@ -565,7 +565,7 @@ def down(
 
         # a cluster's rules carry its name too: never take them for a lone VM's leftovers
         if cluster.find(compute, name, deadline) is not None:
-            return cluster.down(compute, name, confirm=confirm, progress=progress, now=now)
+            return cluster.down(compute, name, confirm=confirm, progress=progress, now=now, delete_data=delete_data)
         return _down_leftovers(compute, name, delete_data, confirm, deadline, progress)
     if not inst.managed:
         raise InvalidInput(f"VM {name} was not created by gcpdl; delete it in the console if you mean to.")

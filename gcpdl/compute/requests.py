@@ -399,3 +399,34 @@ def node_body(project: str, zone: str, spec: VmSpec, cluster: str, rank: int, no
     if policy:
         body["resourcePolicies"] = [policy]
     return body
+
+
+# --- --shared: one data disk, filled once, attached read-only to every node ---------------------
+SHARED_DEVICE = "shared"  # /dev/disk/by-id/google-shared on each node
+
+
+def shared_disk_name(cluster: str) -> str:
+    return _derived("", cluster, "-shared")
+
+
+def shared_disk_insert(project: str, zone: str, cluster: str, size_gb: int) -> ApiCall:
+    body = {
+        "name": shared_disk_name(cluster),
+        "sizeGb": str(size_gb),
+        "type": f"projects/{project}/zones/{zone}/diskTypes/pd-balanced",
+        "labels": {"gcpdl": "managed", CLUSTER_LABEL: cluster},
+        "description": f"gcpdl: the dataset of cluster {cluster}, attached read-only to every node",
+    }
+    return ApiCall("disks.insert", "POST", f"{zone_path(project, zone)}/disks", body, project, zone, body["name"])
+
+
+def attach_disk(project: str, zone: str, instance: str, disk: str, read_only: bool) -> ApiCall:
+    body = {"source": f"projects/{project}/zones/{zone}/disks/{disk}", "deviceName": SHARED_DEVICE,
+            "mode": "READ_ONLY" if read_only else "READ_WRITE", "autoDelete": False}
+    return ApiCall("instances.attachDisk", "POST", f"{instances_path(project, zone)}/{instance}/attachDisk", body, project,
+                   zone, instance)
+
+
+def detach_disk(project: str, zone: str, instance: str, device: str = SHARED_DEVICE) -> ApiCall:
+    return ApiCall("instances.detachDisk", "POST", f"{instances_path(project, zone)}/{instance}/detachDisk", None, project,
+                   zone, instance, {"deviceName": device})

@@ -172,9 +172,7 @@ class InstancesMixin:
                 disk = self.disks_by_key.get((m.group(1), m.group(2))) if m else None
                 if disk is None or m is None or m.group(1) != zone:
                     raise invalid_field(f"resource.disks[{i}].source", d["source"], "The referenced disk resource cannot be found.")
-                if disk.get("users") and d.get("mode", "READ_WRITE") == "READ_WRITE":
-                    raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
-                                        f"'{path_of(disk['users'][0])}'", reason="resourceInUseByAnotherResource")
+                self._check_attach_mode(disk, d.get("mode", "READ_WRITE"))
             else:
                 raise invalid_field(f"resource.disks[{i}]", "", "Either source or initializeParams must be specified.")
         return image_gb
@@ -565,3 +563,70 @@ class InstancesMixin:
             raise missing
         out.update(queryPath=query_path or "", queryValue={"items": items})
         return 200, out
+
+
+    # ---------------------------------------------------------------- attach / detach
+    def _disk_writer(self, disk: dict) -> str | None:
+        """The instance that has ``disk`` attached READ_WRITE, if any."""
+        for user in disk.get("users") or []:
+            zone, name = user.split("/zones/")[1].split("/instances/")
+            inst = self.instances_by_key.get((zone, name))
+            for d in (inst or {}).get("disks", []):
+                if d.get("source") == disk["selfLink"] and d.get("mode", "READ_WRITE") == "READ_WRITE":
+                    return user
+        return None
+
+    def _check_attach_mode(self, disk: dict, mode: str) -> None:
+        """GCE multi-attach: one READ_WRITE user and no one else, or any number of READ_ONLY users."""
+        users = disk.get("users") or []
+        if not users:
+            return
+        writer = self._disk_writer(disk)
+        if mode == "READ_WRITE" or writer is not None:
+            raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
+                                f"'{path_of(writer or users[0])}'" + (" in read-write mode" if writer else ""),
+                           reason="resourceInUseByAnotherResource")
+
+    def _instances_attach_disk(self, ctx: Ctx) -> tuple[int, dict]:
+        project, zone, name, body = ctx.project, ctx.params["zone"], ctx.params["instance"], ctx.body
+        inst = self._get_instance(project, zone, name)
+        m = re.fullmatch(r"(?:https?://[^/]+/compute/v1/)?(?:projects/[^/]+/)?zones/([^/]+)/disks/([^/]+)", body.get("source") or "")
+        disk = self.disks_by_key.get((m.group(1), m.group(2))) if m else None
+        if disk is None or m.group(1) != zone:
+            raise invalid_field("resource.source", body.get("source"), "The referenced disk resource cannot be found.")
+        if inst["selfLink"] in (disk.get("users") or []):
+            raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
+                                f"'{path_of(inst['selfLink'])}'", reason="resourceInUseByAnotherResource")
+        mode = body.get("mode", "READ_WRITE")
+        self._check_attach_mode(disk, mode)
+        device = body.get("deviceName") or disk["name"]
+        if any(d.get("deviceName") == device for d in inst.get("disks", [])):
+            raise invalid_field("resource.deviceName", device, "Device name is already in use on this instance.")
+        disk.setdefault("users", []).append(inst["selfLink"])
+        disk["lastAttachTimestamp"] = self._ts()
+        inst.setdefault("disks", []).append({
+            "kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": mode, "source": disk["selfLink"],
+            "deviceName": device, "index": len(inst["disks"]), "boot": False, "autoDelete": bool(body.get("autoDelete", False)),
+            "interface": "SCSI", "diskSizeGb": disk["sizeGb"], "architecture": "X86_64",
+        })
+        op = self._new_op(project, ("zones", zone), "attachDisk", inst)
+        return self._op_response(op)
+
+    def _instances_detach_disk(self, ctx: Ctx) -> tuple[int, dict]:
+        project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
+        inst = self._get_instance(project, zone, name)
+        device = ctx.query.get("deviceName", "")
+        found = [d for d in inst.get("disks", []) if d.get("deviceName") == device]
+        if not found:
+            raise invalid_field("deviceName", device, f"No attached disk found with device name '{device}'")
+        if found[0].get("boot"):
+            raise ApiError(400, "Invalid value for field 'deviceName'. The boot disk cannot be detached.")
+        inst["disks"] = [d for d in inst["disks"] if d is not found[0]]
+        disk = self.disks_by_key.get((zone, found[0]["source"].rsplit("/", 1)[-1]))
+        if disk is not None:
+            disk["users"] = [u for u in disk.get("users", []) if u != inst["selfLink"]]
+            if not disk["users"]:
+                del disk["users"]
+            disk["lastDetachTimestamp"] = self._ts()
+        op = self._new_op(project, ("zones", zone), "detachDisk", inst)
+        return self._op_response(op)

@@ -569,6 +569,8 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             "compute.instances.start": self._instances_start,
             "compute.instances.stop": self._instances_stop,
             "compute.instances.setMetadata": self._instances_set_metadata,
+            "compute.instances.attachDisk": self._instances_attach_disk,
+            "compute.instances.detachDisk": self._instances_detach_disk,
             "compute.instances.setLabels": self._instances_set_labels,
             "compute.instances.setScheduling": self._instances_set_scheduling,
             "compute.instances.setTags": self._instances_set_tags,
