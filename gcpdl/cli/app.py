@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "autostop": "gcpdl.cli.autostop:autostop",
     "cost": "gcpdl.cli.cost:cost",
     "run": "gcpdl.cli.run:run",
+    "ray": "gcpdl.cli.ray:ray",
 }
 
 

@@ -13,13 +13,15 @@ from gcpdl.cli.app import App
 
 def up_cluster(app: App, vm: Any, nodes: int | None, first: str, candidates: list[str], source: str | None, *, wait: bool,
                yes: bool, as_json: bool, dry_run: bool, project: str | None, zone: str | None,
-               shared: int | None = None) -> None:
+               shared: int | None = None, with_ray: bool = False) -> None:
     from gcpdl.cli import up as up_cli
     from gcpdl.compute import cluster, lifecycle
     from gcpdl.errors import InvalidInput
 
     if nodes is None:
-        raise InvalidInput("--shared is for a cluster: add --nodes N.")
+        raise InvalidInput(f"{'--ray' if with_ray else '--shared'} is for a cluster: add --nodes N.")
+    if with_ray and not wait and not dry_run:
+        raise InvalidInput("--ray starts Ray once every node is ready: leave out --no-wait.")
     if shared is not None and not 10 <= shared <= 65536:
         raise InvalidInput(f"--shared {shared}: a shared disk is 10 to 65536 GB.")
     cluster.validate(vm.name, nodes, vm)
@@ -62,6 +64,8 @@ def up_cluster(app: App, vm: Any, nodes: int | None, first: str, candidates: lis
         network_given=vm.network != "default",
     )
     result = cluster.up(ctx, vm, nodes)
+    if with_ray:
+        start_ray(app, factory, vm.name)
     if shared is not None:
         disk = cluster.attach_shared(compute, vm.name, shared, progress=app.say)
         app.say(f"{disk} is attached read-only to every node; fill it with: gcpdl sync gs://BUCKET/PATH --on {vm.name} --shared")
@@ -262,3 +266,17 @@ def _sync_shared(app: App, factory: Any, found: Any, sessions: list[Any], url: A
         err.exit_code = result.exit_code if result.exit_code in (1, 2, SyncIncomplete.exit_code) else 1
         raise err
     return True
+
+
+def start_ray(app: App, factory: Any, name: str, ports: Any = None, num_cpus: int | None = None) -> dict:
+    """Ray's CLI on every node of cluster NAME (head on node 0), over SSH."""
+    import os
+
+    from gcpdl.cluster import ray
+    from gcpdl.cluster.nodes import open_sessions
+
+    found, sessions = open_sessions(app, factory, name)
+    python = os.environ.get("GCPDL_REMOTE_PYTHON") or "python3"
+    st = ray.start(found, sessions, ports or ray.RayPorts(), num_cpus=num_cpus, progress=app.say, python=python)
+    app.say(f"Ray {st['version']} runs on {len(found.nodes)} nodes of {name}; submit with: gcpdl ray {name} -- python job.py")
+    return st
