@@ -107,3 +107,33 @@ def test_no_such_cluster_and_no_command(env):
     assert result.exit_code != 0 and "No cluster named nope" in result.stderr
     result = run("run", "nope", "--", " ")
     assert result.exit_code == 2 and "No command given" in result.stderr
+
+
+def test_jupyter_on_a_cluster_opens_node_0_and_forwards_ray_dashboard(ssh_cluster, jupyter_server):
+    """`gcpdl jupyter c`: Jupyter on c-0, plus a second forward to what ray.json names as Ray's
+    dashboard (here the session's jupyter server stands in for it: any HTTP server on node 0)."""
+    import json as _json
+
+    import requests
+
+    note = ssh_cluster.sshds[0].home / ".gcpdl" / "ray.json"
+    note.parent.mkdir(exist_ok=True)
+    note.write_text(_json.dumps({"version": "x", "head": "127.0.0.2", "dashboard": jupyter_server.port}))
+    proc = subprocess.Popen([sys.executable, "-m", "gcpdl", "jupyter", "c", "--json", "--no-browser"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        text = ""
+        while not text.rstrip().endswith("}"):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            text += line
+        data = _json.loads(text)
+        assert data["name"] == "c-0" and data["cluster"] == "c"
+        r = requests.get(data["ray_dashboard"] + "api/status", headers={"Authorization": f"token {jupyter_server.token}"},
+                         timeout=10)
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        note.unlink(missing_ok=True)
+    assert "Ray's dashboard is at http://127.0.0.1:" in err and "Traceback" not in err
