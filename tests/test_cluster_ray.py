@@ -77,6 +77,10 @@ def test_ray_cluster_across_the_nodes_runs_a_job_on_every_node(ssh_cluster, tmp_
         assert said == ["Starting the Ray head on r-0 (127.0.0.2)...", "Joining 1 worker node(s) to it..."]
         # node 0 remembers what runs (its own folder: the fixture's node home)
         assert (ssh_cluster.sshds[0].home / ".gcpdl" / "ray.json").exists()
+        # `up --ray` again: Ray runs, so it is left as it is
+        said.clear()
+        again = core.start(found, sessions, ports, num_cpus=1, progress=said.append, python=sys.executable)
+        assert said == ["Ray already runs on r (head r-0); leaving it as it is."] and again["gcs"] == ports.gcs
 
         work = tmp_path / "job"
         work.mkdir()
@@ -115,3 +119,4 @@ def test_the_pinned_version_is_the_tested_one():
     from gcpdl.cluster.ray import RAY_VERSION
 
     assert ray.__version__ == RAY_VERSION  # pyproject's test extra pins the same
+

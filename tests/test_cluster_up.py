@@ -201,3 +201,11 @@ def test_autostop_and_cost_cover_every_node(env):
     result = run("cost", "c", "--json")
     assert result.exit_code == 0, result.output
     assert sorted(v["name"] for v in json.loads(result.stdout)["vms"]) == ["c-0", "c-1"]
+
+
+def test_ray_flag_needs_nodes_and_the_ready_wait(env):
+    result = run("up", "c", "--ray", "--yes")
+    assert result.exit_code == 2 and "--ray is for a cluster: add --nodes N." in result.stderr
+    result = run("up", "c", "--nodes", "2", "--ray", "--yes")  # helpers.run adds --no-wait
+    assert result.exit_code == 2 and "--ray starts Ray once every node is ready: leave out --no-wait." in result.stderr
+    assert env.requests == []

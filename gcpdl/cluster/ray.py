@@ -92,6 +92,13 @@ def start(cluster: Any, sessions: list[Any], ports: RayPorts = RayPorts(), num_c
             raise GcpdlError(f"{what} failed on {session.target.name} (exit {r.exit_code}): {' / '.join(detail)[:300]}",
                              fix=f"See the node with: gcpdl ssh {session.target.name}")
 
+    # `up --ray` again on a cluster whose Ray runs: leave it be (a second `ray start --head` fails)
+    probe = (f"{python} -c " + shlex.quote(f"import json, socket; d = json.load(open({STATE_FILE!r})); "
+                                            "socket.create_connection((d['head'], d['gcs']), 3)"))
+    if sessions[0].run(f"bash -c {shlex.quote(probe)}", timeout=30).exit_code == 0:
+        found = state(sessions[0])
+        progress(f"Ray already runs on {cluster.name} (head {head.name}); leaving it as it is.")
+        return found
     if install:
         _each(list(zip(nodes, sessions)), lambda p: run(p[1], install_command(python), INSTALL_TIMEOUT, "Installing Ray"))
     progress(f"Starting the Ray head on {head.name} ({head.internal_ip})...")
