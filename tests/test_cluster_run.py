@@ -137,3 +137,23 @@ def test_jupyter_on_a_cluster_opens_node_0_and_forwards_ray_dashboard(ssh_cluste
         _, err = proc.communicate(timeout=30)
         note.unlink(missing_ok=True)
     assert "Ray's dashboard is at http://127.0.0.1:" in err and "Traceback" not in err
+
+
+def test_up_waits_for_every_node_and_each_gets_an_ssh_entry(ssh_cluster, jupyter_server):
+    """`up c --nodes 3` on the running cluster: the ready step (startup, verified SSH, Jupyter,
+    ~/.ssh config) for every node, in parallel; then `ssh c-1` is a host like any VM."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from gcpdl.cli.app import cli
+    from gcpdl.ssh.sshconfig import managed_path
+
+    for k in range(3):
+        ssh_cluster.gcp.set_guest_attributes("us-central1-a", f"c-{k}", "gcpdl", {"stage": "ready"})
+    r = CliRunner().invoke(cli, ["up", "c", "--nodes", "3", "--yes", "--json"], env={"GCPDL_MY_IP": "203.0.113.7", "GCPDL_ZONE": "us-central1-a"})
+    assert r.exit_code == 0, r.output
+    out = _json.loads(r.stdout)
+    assert out["action"] == "reused" and [x["name"] for x in out["ready"]] == ["c-0", "c-1", "c-2"]
+    text = managed_path().read_text()
+    assert all(f"Host c-{k}\n" in text for k in range(3))

@@ -209,3 +209,11 @@ def test_ray_flag_needs_nodes_and_the_ready_wait(env):
     result = run("up", "c", "--nodes", "2", "--ray", "--yes")  # helpers.run adds --no-wait
     assert result.exit_code == 2 and "--ray starts Ray once every node is ready: leave out --no-wait." in result.stderr
     assert env.requests == []
+
+
+def test_human_output_names_every_node_and_the_cluster_price(env):
+    result = run("up", "c", "--nodes", "2", "--gpu", "l4", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "Created cluster c: 2 nodes in us-central1-a" in result.stdout
+    assert "c-0" in result.stdout and "c-1" in result.stdout and "for the cluster while running" in result.stdout
+    assert "gcpdl run c -- CMD" in result.stdout
