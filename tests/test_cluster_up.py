@@ -217,3 +217,14 @@ def test_human_output_names_every_node_and_the_cluster_price(env):
     assert "Created cluster c: 2 nodes in us-central1-a" in result.stdout
     assert "c-0" in result.stdout and "c-1" in result.stdout and "for the cluster while running" in result.stdout
     assert "gcpdl run c -- CMD" in result.stdout
+
+
+def test_plain_up_on_a_cluster_name_brings_the_cluster_back_whole(env):
+    """Not a new lone VM named after the cluster (it would carry the cluster's tag and rules)."""
+    assert run("up", "c", "--nodes", "3", "--gpu", "l4", "--spot", "--yes").exit_code == 0
+    env.preempt(ZONE, "c-1")
+    result = run("up", "c", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["action"] == "started" and [n["state"] for n in out["nodes"]] == ["RUNNING"] * 3
+    assert names(env) == ["c-0", "c-1", "c-2"]

@@ -107,7 +107,15 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         ready=_ready_step(factory, app) if wait else None,
         network_given=vm.network != "default",  # a missing `default` gets the fix that creates it
     )
-    result = lifecycle.up(ctx, vm)
+    from gcpdl.compute.cluster import IsCluster
+
+    try:
+        result = lifecycle.up(ctx, vm)
+    except IsCluster as e:  # `up NAME` on cluster NAME: the cluster, made whole again
+        from gcpdl.cli.cluster import up_cluster
+
+        return up_cluster(app, vm, e.nodes, first, candidates, source, wait=wait, yes=yes, as_json=as_json, dry_run=False,
+                          project=project, zone=zone)
     if app.verbose:
         app.say(f"{result.api_calls} Compute API requests.")
     for diff in result.differences:

@@ -42,6 +42,14 @@ MAX_NODES = 64
 MAX_PARALLEL = 16  # inserts, deletes and SSH sessions in flight at once
 
 
+class IsCluster(InvalidInput):
+    """`up NAME` (no --nodes) where NAME is a cluster: the CLI brings the cluster back whole."""
+
+    def __init__(self, name: str, nodes: int):
+        super().__init__(f"{name} is a cluster of {nodes} nodes.", fix=f"Run: gcpdl up {name} --nodes {nodes}")
+        self.nodes = nodes
+
+
 # --- names and validation ---------------------------------------------------------------------
 def node_name(cluster: str, rank: int) -> str:
     return f"{cluster}-{rank}"

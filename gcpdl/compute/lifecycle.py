@@ -184,6 +184,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result(), f_deny.result())
+        if f_rule.result() is not None or f_deny.result() is not None:
+            # rules named after NAME but no VM: a cluster NAME (its rules carry its name), or leftovers
+            from gcpdl.compute import cluster
+
+            found = cluster.find(compute, spec.name, deadline)
+            if found is not None:
+                raise cluster.IsCluster(spec.name, found.size)
         offered = f_offered.result() if f_offered else None
         image = f_image.result()
         rule, deny = f_rule.result(), f_deny.result()
