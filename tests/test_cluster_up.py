@@ -228,3 +228,15 @@ def test_plain_up_on_a_cluster_name_brings_the_cluster_back_whole(env):
     out = json.loads(result.stdout)
     assert out["action"] == "started" and [n["state"] for n in out["nodes"]] == ["RUNNING"] * 3
     assert names(env) == ["c-0", "c-1", "c-2"]
+
+
+def test_status_knows_the_cluster_deny_rule_shuts_default_allow_ssh(env):
+    """default-allow-ssh (0.0.0.0/0 tcp:22, every VM) is shut for the nodes by the CLUSTER's deny
+    rule (gcpdl-deny-ssh-c on tag gcpdl-c): no node is reported open to the world."""
+    env.seed_default_rules()
+    assert run("up", "c", "--nodes", "2", "--gpu", "l4", "--yes").exit_code == 0
+    result = run("status", "--json")
+    assert result.exit_code == 0, result.output
+    for row in json.loads(result.stdout):
+        assert all(not o["ssh_open"] for o in row["open_to_world"]), row["open_to_world"]
+    assert "SSH is open to everyone" not in result.stderr

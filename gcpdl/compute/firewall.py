@@ -313,6 +313,10 @@ def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterab
     names = {r.get("name") for r in rules}
     vm_list = [(name, network, set(tags)) for name, network, tags in vms]
     gcpdl_rules = {rq.firewall_name(n) for n, _, _ in vm_list} | {rq.deny_rule_name(n) for n, _, _ in vm_list}
+    # the tags a gcpdl deny rule shuts: a cluster's nodes are covered by the cluster's one rule
+    denied_tags = {t for r in rules if str(r.get("name", "")).startswith("gcpdl-deny-ssh-") and not r.get("disabled")
+                   for t in r.get("targetTags") or []}
+    vm_tags = {n: tags for n, _, tags in vm_list}
     out = []
     for r in rules:
         if r.get("disabled") or r.get("direction", "INGRESS") != "INGRESS" or not r.get("allowed"):
@@ -327,7 +331,8 @@ def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterab
         if new_vms_network == net and not targets:
             hit.append(NEW_VMS)
         if hit:
-            missing = tuple(n for n in hit if n != NEW_VMS and rq.deny_rule_name(n) not in names)
+            missing = tuple(n for n in hit if n != NEW_VMS and rq.deny_rule_name(n) not in names
+                            and not vm_tags.get(n, set()) & denied_tags)
             out.append(OpenRule(str(r["name"]), _ports(r["allowed"]), tuple(hit), _only_ssh(r["allowed"]),
                                 _covers_ssh(r["allowed"]), int(r.get("priority", 1000)) < rq.DENY_PRIORITY, missing))
     return sorted(out, key=lambda o: o.rule)
