@@ -240,3 +240,18 @@ def test_status_knows_the_cluster_deny_rule_shuts_default_allow_ssh(env):
     for row in json.loads(result.stdout):
         assert all(not o["ssh_open"] for o in row["open_to_world"]), row["open_to_world"]
     assert "SSH is open to everyone" not in result.stderr
+
+
+def test_one_node_started_alone_uses_the_clusters_rules(env, monkeypatch):
+    """`start c-1` (or `up c-1`) points the cluster's SSH rule at the caller's new address; it
+    makes no per-node rules (the node does not carry their tag)."""
+    assert run("up", "c", "--nodes", "2", "--gpu", "l4", "--yes").exit_code == 0
+    assert run("stop", "c-1").exit_code == 0
+    monkeypatch.setenv("GCPDL_MY_IP", "198.51.100.9")
+    result = run("start", "c-1")
+    assert result.exit_code == 0, result.output
+    r = rules(env)
+    assert sorted(r) == ["gcpdl-deny-ssh-c", "gcpdl-intra-c", "gcpdl-ssh-c"]
+    assert r["gcpdl-ssh-c"]["sourceRanges"] == ["198.51.100.9/32"]
+    assert run("up", "c-0", "--yes").exit_code == 0
+    assert sorted(rules(env)) == ["gcpdl-deny-ssh-c", "gcpdl-intra-c", "gcpdl-ssh-c"]

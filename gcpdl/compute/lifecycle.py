@@ -415,17 +415,21 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny
     if not inst.managed:
         raise InvalidInput(f"A VM named {spec.name} already exists in {inst.zone} and was not created by gcpdl; choose another name.")
     diffs = differences(spec, inst)
-    rule_call = fw.plan_rule(compute.project, spec.name, ctx.ssh_from, rule, inst.network)
-    deny_call = fw.plan_deny(compute.project, spec.name, deny, inst.network)
+    owner = inst.labels.get(rq.CLUSTER_LABEL) or spec.name  # a cluster's node: the cluster's rules
+    if owner != spec.name:
+        rule = compute.get_or_none(fw.rule_path(compute.project, owner), compute.new_deadline(PREFLIGHT_TIMEOUT, "the SSH rules"))
+        deny = compute.get_or_none(fw.deny_path(compute.project, owner), compute.new_deadline(PREFLIGHT_TIMEOUT, "the SSH rules"))
+    rule_call = fw.plan_rule(compute.project, owner, ctx.ssh_from, rule, inst.network)
+    deny_call = fw.plan_deny(compute.project, owner, deny, inst.network)
     deadline = compute.new_deadline(START_TIMEOUT, f"{spec.name} to start")
     action = "reused"
     if rule_call is not None or deny_call is not None:
         compute.clients_for(["firewalls.insert", "firewalls.patch"])
     if deny_call is not None:
-        fw.apply(compute, spec.name, deny_call, deadline)
+        fw.apply(compute, owner, deny_call, deadline)
         ctx.progress(f"Restored the firewall rule {deny_call.resource} that keeps SSH to {spec.name} closed to everyone else.")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
-        f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, deadline) if rule_call else None
+        f_fw = pool.submit(fw.apply, compute, owner, rule_call, deadline) if rule_call else None
         if inst.status in ("RUNNING",):
             ctx.progress(f"{spec.name} is already running in {inst.zone}.")
         else:
@@ -438,7 +442,7 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny
         inst = get_instance(compute, inst.zone, inst.name, deadline) if inst.status != "RUNNING" else inst
     result = UpResult(
         instance=inst, action=action, price_per_hour=_price_of(inst), differences=diffs,
-        firewall_rule=rq.firewall_name(spec.name), ssh_from=ctx.ssh_from,
+        firewall_rule=rq.firewall_name(owner), ssh_from=ctx.ssh_from,
     )
     return _finish(ctx, result)
 
@@ -509,7 +513,8 @@ def start(compute: Compute, name: str, now: Callable[[], float] = time.time, pro
     deadline = compute.new_deadline(START_TIMEOUT, f"{name} to start")
     inst = require(compute, name, deadline)
     if inst.managed:
-        fw.ensure_rules(compute, name, ssh_from, deadline, inst.network, progress)
+        # a cluster's node carries the cluster's tag: its rules are the cluster's
+        fw.ensure_rules(compute, inst.labels.get(rq.CLUSTER_LABEL) or name, ssh_from, deadline, inst.network, progress)
     if inst.status != "RUNNING":
         progress(f"Starting {name} in {inst.zone}...")
     inst = _start(compute, inst, deadline, now)
