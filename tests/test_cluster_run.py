@@ -156,4 +156,29 @@ def test_up_waits_for_every_node_and_each_gets_an_ssh_entry(ssh_cluster, jupyter
     out = _json.loads(r.stdout)
     assert out["action"] == "reused" and [x["name"] for x in out["ready"]] == ["c-0", "c-1", "c-2"]
     text = managed_path().read_text()
-    assert all(f"Host c-{k}\n" in text for k in range(3))
+    assert all(f"Host c-{k}\n" in text for k in range(3)), text
+
+
+def test_ready_steps_in_parallel_lose_no_ssh_entry_or_pinned_key():
+    """A cluster's nodes get ready on threads of one process: each writes its ~/.ssh config block
+    and pins its host keys (read, change, write the whole file): none may undo another's."""
+    import threading
+
+    from gcpdl.ssh.hostkeys import HostKey, read_known
+    from gcpdl.ssh.sshconfig import has_host, refresh_host
+
+    names = [f"n-{k}" for k in range(16)]
+    key = HostKey("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIDQ5w7oNyQm0Zx2m1b1ZKZtJp0mC5hH0yTQp4QGJ2x6a")
+    start = threading.Barrier(len(names))
+
+    def one(k: int) -> None:
+        start.wait()
+        refresh_host(names[k], f"203.0.113.{k + 1}", 9000 + k, host_keys=[key])
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(names))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [n for n in names if not has_host(n)] == []
+    assert [k for k in range(len(names)) if not read_known(f"gcpdl-{9000 + k}")] == []
