@@ -211,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(getattr(s, "name", "") == "peers" for s in agent.signals):
         from gcpdl.agent.peers import PeerServer
 
-        PeerServer(lambda: agent.own, port=args.peer_port).start()  # a cluster node: the others ask it
-        agent.log("cluster node: stops only when every node has been idle for the window")
+        try:
+            PeerServer(lambda: agent.own, port=args.peer_port).start()  # a cluster node: the others ask it
+            agent.log("cluster node: stops only when every node has been idle for the window")
+        except OSError as e:  # the port is taken: the watch itself must go on
+            agent.log(f"cannot tell the other nodes whether this one is idle (port {args.peer_port}: {sig._short(e)})")
     return agent.run()
