@@ -182,3 +182,34 @@ def test_ready_steps_in_parallel_lose_no_ssh_entry_or_pinned_key():
         t.join()
     assert [n for n in names if not has_host(n)] == []
     assert [k for k in range(len(names)) if not read_known(f"gcpdl-{9000 + k}")] == []
+
+
+def test_a_node_timeout_after_the_address_changed_points_at_the_clusters_rule(gcp, monkeypatch):
+    """`ssh c-1` timing out from a new address: the hint names the cluster's rule (a node has none
+    of its own) and the command that re-points it."""
+    import socket
+
+    # a port whose backlog is full: connects time out, like packets a firewall drops
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname())
+    try:
+        for k in range(2):
+            labels = {"gcpdl": "managed", "gcpdl-cluster": "c", "gcpdl-node": str(k), "gcpdl-nodes": "2"}
+            gcp.add_instance(f"c-{k}", labels=labels, nat_ip="127.0.0.1", tags=["gcpdl-c"])
+        with gcp._lock:
+            body = {"name": "gcpdl-ssh-c", "network": "global/networks/default", "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
+                    "sourceRanges": ["203.0.113.7/32"], "targetTags": ["gcpdl-c"]}
+            gcp.firewalls_by_name["gcpdl-ssh-c"] = gcp._firewall_body(gcp.project, "gcpdl-ssh-c", body)
+        monkeypatch.setenv("GCPDL_MY_IP", "198.51.100.9")
+        monkeypatch.setenv("GCPDL_SSH_PORT", str(listener.getsockname()[1]))
+        monkeypatch.setenv("GCPDL_SSH_WAIT", "1")
+        result = run("ssh", "c-1", "--", "true")
+    finally:
+        filler.close()
+        listener.close()
+    assert result.exit_code != 0
+    assert ("Your address changed: the SSH firewall rule gcpdl-ssh-c allows 203.0.113.7/32, and you are now at "
+            "198.51.100.9.") in result.stderr, result.stderr
+    assert "Re-point the rule with: gcpdl start c-1 (or gcpdl up c-1)" in result.stderr
