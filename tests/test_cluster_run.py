@@ -14,12 +14,18 @@ from tests.helpers import run
 CONTRACT = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE")
 
 
+# This machine's root login shell runs `pyenv rehash` from ~/.bashrc (bash sources it for every
+# SSH command); sessions starting at once race on it and say so on the terminal. Not our output.
+NOISE = ("rm: cannot remove '/root/.pyenv/", "pyenv: cannot rehash")
+
+
 def by_node(stdout: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for line in stdout.splitlines():
         assert line.startswith("["), line
         node, text = line[1:].split("] ", 1)
-        out.setdefault(node.strip(), []).append(text)
+        if not text.startswith(NOISE):
+            out.setdefault(node.strip(), []).append(text)
     return out
 
 
