@@ -98,6 +98,9 @@ def test_ray_cluster_across_the_nodes_runs_a_job_on_every_node(ssh_cluster, tmp_
         for s in sessions:
             s.close()
         _kill_tree_of(temp_dir)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session folder (logs, sockets)
     # Ray is gone, its note on node 0 is not: what a stopped and restarted cluster looks like
     r = CliRunner().invoke(cli, ["ray", "r", "--", "python", "job.py"])
     assert r.exit_code == 1
