@@ -303,9 +303,10 @@ def gather(compute: "Compute", deadline: "Deadline", name: str | None = None) ->
     found = compute.aggregated("instances", deadline, filter="labels.gcpdl = managed")
     instances = [i for items in found.values() for i in items if is_managed(i)]
     disks = [d for items in compute.aggregated("disks", deadline).values() for d in items]
-    if name is not None:
-        instances = [i for i in instances if i["name"] == name]
-        disks = [d for d in disks if d["name"] in (name, f"{name}-data") or (d.get("labels") or {}).get("gcpdl-vm") == name]
+    if name is not None:  # a VM, or every node of cluster NAME (with their boot disks)
+        instances = [i for i in instances if i["name"] == name or (i.get("labels") or {}).get("gcpdl-cluster") == name]
+        names = {name} | {i["name"] for i in instances}
+        disks = [d for d in disks if d["name"] in names | {f"{name}-data"} or (d.get("labels") or {}).get("gcpdl-vm") == name]
     return instances, disks
 
 

@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.oslogin",
     "tests.fixtures.storage",
     "tests.fixtures.guestvm",
+    "tests.fixtures.cluster",
 ]

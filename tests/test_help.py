@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from gcpdl.cli.app import COMMANDS, SHORT_HELP, cli
 from tests.helpers import run
 
-WORKFLOW = ["up", "status", "ssh", "jupyter", "sync", "stop", "start", "down", "autostop", "cost", "doctor", "config"]
+WORKFLOW = ["up", "status", "ssh", "jupyter", "sync", "run", "ray", "stop", "start", "down", "autostop", "cost", "doctor", "config"]
 
 
 def _commands_section(text: str) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 # The files the VM needs, relative to the directory put on PYTHONPATH there. The empty
 # gcpdl/__init__.py stands in for the real one, which imports things the VM does not have.
-_MODULES = ("__init__.py", "__main__.py", "signals.py", "policy.py", "metadata.py", "main.py")
+_MODULES = ("__init__.py", "__main__.py", "signals.py", "policy.py", "metadata.py", "main.py", "peers.py")
 
 
 def agent_sources() -> dict[str, str]:

@@ -46,6 +46,8 @@ class Agent:
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
     watch_metadata: bool = True  # long-poll the metadata server between ticks
     stopped_reason: str | None = None
+    # what this node's own signals said at the last tick (for its cluster peers: gcpdl.agent.peers)
+    own: dict = field(default_factory=lambda: {"idle": False, "readings": []})
     _window: int | None = None
     _etag: str | None = None
 
@@ -53,7 +55,10 @@ class Agent:
         self._window = self.default_window
 
     def tick(self) -> Decision:
+        from gcpdl.agent.peers import own_state
+
         readings = [s.read() for s in self.signals]
+        self.own = own_state(readings)
         try:
             self._window = parse_window(self.metadata.autostop_value(), self.default_window)
         except OSError as e:  # unreachable metadata server: keep the last window, but no stop
@@ -149,13 +154,29 @@ def build_agent(args: argparse.Namespace) -> Agent:
         sig.SshSignal(),
         sig.SyncSignal(args.sync_lock),
     ]
+    metadata = Metadata(args.metadata_host)
+    peers = _cluster_peers(metadata)
+    if peers:
+        from gcpdl.agent.peers import PeersSignal
+
+        signals.append(PeersSignal(lambda: peers, args.peer_port))
     return Agent(
         signals=signals,
-        metadata=Metadata(args.metadata_host),
+        metadata=metadata,
         stop=run_stop_command(args.stop_command),
         policy=IdlePolicy(tick_seconds=args.tick),
         default_window=parse_window(args.default_window, DEFAULT_WINDOW_MINUTES),
     )
+
+
+def _cluster_peers(metadata: Metadata) -> list[str]:
+    """The other nodes of this VM's cluster ([] for a lone VM, or when the server cannot say)."""
+    from gcpdl.agent.peers import ATTRIBUTE, parse_peers
+
+    try:
+        return parse_peers(metadata.attribute(ATTRIBUTE))
+    except OSError:
+        return []
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--jupyter-url", default=None, help="default: found from jupyter's runtime files")
     p.add_argument("--jupyter-token", default=None, help="default: $JUPYTER_TOKEN")
     p.add_argument("--sync-lock", default=sig.SYNC_LOCK)
+    p.add_argument("--peer-port", type=int, default=8719, help="cluster nodes: where this agent tells its peers whether it is idle")
     p.add_argument("--probe-gpu", action="store_true", help="print what NVML and nvidia-smi report and exit")
     p.add_argument("--once", action="store_true", help="look once, print the readings, stop nothing")
     return p
@@ -186,4 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"readings": [str(r) for r in readings]}, indent=2))
         return 0
     agent.log(f"gcpdl autostop agent: tick {args.tick:g}s, default window {args.default_window}")
+    if any(getattr(s, "name", "") == "peers" for s in agent.signals):
+        from gcpdl.agent.peers import PeerServer
+
+        try:
+            PeerServer(lambda: agent.own, port=args.peer_port).start()  # a cluster node: the others ask it
+            agent.log("cluster node: stops only when every node has been idle for the window")
+        except OSError as e:  # the port is taken: the watch itself must go on
+            agent.log(f"cannot tell the other nodes whether this one is idle (port {args.peer_port}: {sig._short(e)})")
     return agent.run()

@@ -47,6 +47,16 @@ class Metadata:
                 return None
             raise
 
+    def attribute(self, key: str) -> str | None:
+        """Any instance attribute (None when unset); OSError when the server is unreachable."""
+        try:
+            with self._request(f"instance/attributes/{key}") as r:
+                return r.read().decode().strip()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            raise
+
     def etag(self) -> str | None:
         """The attributes' current ETag, to wait for a change from."""
         with self._request("instance/attributes/", {"recursive": "true"}) as r:

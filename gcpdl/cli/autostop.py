@@ -33,8 +33,18 @@ def autostop(app: App, name: str, window: str | None, project: str | None, as_js
     from gcpdl.compute.adapter import Compute, prefetch
 
     prefetch()  # setMetadata goes through compute_v1: overlap its import with the lookup
+    from gcpdl.errors import NotFound
+
     factory = app.factory(project=project)
-    result = set_autostop(Compute(factory, factory.project()), name, minutes)
+    compute = Compute(factory, factory.project())
+    try:
+        result = set_autostop(compute, name, minutes)
+    except NotFound:
+        from gcpdl.cli.cluster import autostop_cluster
+
+        if not autostop_cluster(app, compute, name, minutes, as_json, _render):  # every node of cluster NAME
+            raise
+        return
     app.emit(result.as_dict(), as_json, _render)
 
 

@@ -34,7 +34,19 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
     listener = bind_local(port, default=DEFAULT_LOCAL_PORT)
     app.on_close(listener.close)
     factory = app.factory(project=project, zone=zone)
-    session = target_session(factory, name, zone, report=app.say)
+    from gcpdl.errors import NotFound
+
+    cluster = None
+    try:
+        session = target_session(factory, name, zone, report=app.say)
+    except NotFound as no_vm:
+        from gcpdl.cluster.nodes import running_cluster
+
+        try:  # a cluster: Jupyter on node 0 (and Ray's dashboard, when Ray runs there)
+            cluster, name = name, running_cluster(factory, name).head.name
+        except NotFound:
+            raise no_vm from None
+        session = target_session(factory, name, zone, report=app.say)
     app.on_close(session.close)
     target = session.target
     refresh_host(name, target.host or "", target.instance_id, user=target.user, port=target.port)
@@ -58,11 +70,13 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
     tunnel = Tunnel(reconnect, server.remote, listener=listener, transport=session.transport, on_event=on_event)
     tunnel.start()
     app.on_close(tunnel.close)
+    dashboard = _ray_dashboard(app, session, reconnect, on_event) if cluster else None
     try:
         url = server.url(tunnel.local_port)
         # the token is in the URL on stdout only; messages on stderr show it without
         app.emit(
-            {"name": name, "url": url, "local_port": tunnel.local_port, "remote_port": server.port},
+            {"name": name, "url": url, "local_port": tunnel.local_port, "remote_port": server.port,
+             **({"cluster": cluster, "ray_dashboard": dashboard} if cluster else {})},
             as_json,
             lambda d: d["url"],
         )
@@ -79,3 +93,20 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
         app.say("Tunnel closed.")
     finally:
         tunnel.close()
+
+
+def _ray_dashboard(app: App, session, reconnect, on_event) -> str | None:
+    """Ray's dashboard on node 0 through a second tunnel over the same connection; its URL, or
+    None when Ray does not run on the cluster."""
+    from gcpdl.cluster.ray import RayNotRunning, state
+    from gcpdl.ssh.tunnel import Tunnel
+
+    try:
+        st = state(session)
+    except RayNotRunning:
+        return None
+    t = Tunnel(reconnect, ("127.0.0.1", int(st["dashboard"])), transport=session.transport, on_event=on_event).start()
+    app.on_close(t.close)
+    url = f"http://127.0.0.1:{t.local_port}/"
+    app.say(f"Ray's dashboard is at {url} (same tunnel).")
+    return url

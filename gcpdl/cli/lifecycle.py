@@ -82,7 +82,16 @@ def stop(app: App, name: str, project: str | None, as_json: bool) -> None:
 
     _validate(name)
     compute = _compute(app, project)
-    inst = lifecycle.stop(compute, name, progress=app.say)
+    from gcpdl.errors import NotFound
+
+    try:
+        inst = lifecycle.stop(compute, name, progress=app.say)
+    except NotFound:
+        from gcpdl.cli.cluster import as_cluster
+
+        if not as_cluster(app, compute, name, "stop", as_json):  # `stop NAME` stops every node of cluster NAME
+            raise
+        return
     app.emit(inst.summary(), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}")
 
 
@@ -97,7 +106,17 @@ def start(app: App, name: str, project: str | None, as_json: bool) -> None:
 
     _validate(name)
     compute = _compute(app, project)
-    inst = lifecycle.start(compute, name, progress=app.say, ssh_from=_ssh_source(app))
+    from gcpdl.errors import NotFound
+
+    source = _ssh_source(app)
+    try:
+        inst = lifecycle.start(compute, name, progress=app.say, ssh_from=source)
+    except NotFound:
+        from gcpdl.cli.cluster import as_cluster
+
+        if not as_cluster(app, compute, name, "start", as_json, ssh_from=source):
+            raise
+        return
     refresh_ssh_config(app, [inst])  # a restarted VM usually has a new ephemeral address
     app.emit(inst.summary(), as_json, lambda r: f"{r['name']} in {r['zone']}: {r['state']}  address {r['external_ip'] or '-'}")
 
@@ -146,11 +165,14 @@ def down(app: App, name: str, delete_data: bool, project: str | None, yes: bool,
         app.say(data_disk_reminder(size_gb, disk_type, region_of(zone)))
     from gcpdl.ssh.sshconfig import remove_host
 
-    try:
-        if remove_host(name):  # `ssh NAME` would otherwise point at a deleted VM's address
-            result.deleted.append(f"ssh config entry {name}")
-    except OSError as e:
-        app.warn(f"Could not remove {name} from the gcpdl ssh config: {e}")
+    # a cluster's nodes each had an entry: `ssh NAME-k`
+    hosts = [name] + [d.split()[1] for d in result.deleted if d.startswith("instance ") and d.split()[1] != name]
+    for host in hosts:
+        try:
+            if remove_host(host):  # `ssh NAME` would otherwise point at a deleted VM's address
+                result.deleted.append(f"ssh config entry {host}")
+        except OSError as e:
+            app.warn(f"Could not remove {host} from the gcpdl ssh config: {e}")
     app.emit(result.as_dict(), as_json, _render)
 
 

@@ -100,4 +100,7 @@ def _render(rows: list[dict]) -> str:
 
             hint = delete_hint(r["name"], r["zone"], (v["name"] for v in rows if v["kind"] == "vm"))
             lines.append(f"{r['name']}: kept data disk, ${r['disk_monthly']:.2f}/month until: {hint}")
+    from gcpdl.cli.cluster import status_lines
+
+    lines += status_lines(rows)  # one line per cluster: its nodes as a unit
     return "\n".join(lines)

@@ -20,6 +20,7 @@ LINE_EVERY = 5.0  # seconds between progress lines when stderr is not a terminal
 @click.argument("dest", required=False, type=click.Path(file_okay=True, dir_okay=True, path_type=Path))
 @click.option("--on", "on_vm", metavar="NAME", shell_complete=complete_vm_names, help="Run on this gcpdl VM (the data never passes through here).")
 @click.option("--local", is_flag=True, help="Run on this machine instead of on a VM.")
+@click.option("--shared", is_flag=True, help="With --on CLUSTER: fill the cluster's shared disk once (read-only on every node).")
 @click.option("--jobs", "-j", type=int, default=64, help="Requests in flight (default: 64).")
 @click.option("--delete", is_flag=True, help="Remove files in DEST that are not in the bucket (only inside DEST).")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only paths matching GLOB (repeatable), e.g. '*.jpg'.")
@@ -39,6 +40,7 @@ def sync(
     dest: Path | None,
     on_vm: str | None,
     local: bool,
+    shared: bool,
     jobs: int,
     delete: bool,
     include: tuple[str, ...],
@@ -68,13 +70,15 @@ def sync(
     url = parse_gs_url(source)
     if on_vm and local:
         raise InvalidInput("Use either --on NAME or --local, not both.")
+    if shared and not on_vm:
+        raise InvalidInput("--shared fills a cluster's shared disk: add --on CLUSTER.")
     if jobs < 1 or jobs > 4096:
         raise InvalidInput(f"--jobs must be between 1 and 4096 (got {jobs}).")
     if slice_size < (1 << 20):
         raise InvalidInput("--slice-size must be at least 1 MiB.")
     _check_values(retry_base, billing_project, on_vm)
     if not local:
-        _on_vm(app, url, source, dest, on_vm, project, zone, as_json, [
+        _on_vm(app, url, source, dest, on_vm, project, zone, as_json, shared, [
             *(["--jobs", str(jobs)] if jobs != 64 else []),
             *(["--delete"] if delete else []),
             *(["--dry-run"] if dry_run else []),
@@ -169,7 +173,8 @@ def _follow(app: App, busy, as_json: bool) -> None:
         raise err
 
 
-def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, project, zone, as_json: bool, flags: list[str]) -> None:
+def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, project, zone, as_json: bool, shared: bool,
+           flags: list[str]) -> None:
     """The engine on the VM: ship gcpdl there, run it, relay its progress and summary."""
     import os
 
@@ -182,7 +187,19 @@ def _on_vm(app: App, url, source: str, dest: Path | None, on_vm: str | None, pro
     else:
         name = remote.pick_vm(_running_vms(app, project))
     factory = app.factory(project=project, zone=zone)
-    session = target_session(factory, name, zone, report=app.say)
+    from gcpdl.errors import NotFound
+
+    try:
+        session = target_session(factory, name, zone, report=app.say)
+    except NotFound:
+        from gcpdl.cli.cluster import sync_cluster
+
+        if not on_vm or not sync_cluster(app, factory, name, url, dest, as_json, [source], flags, shared):  # every node of cluster NAME
+            raise
+        return
+    if shared:
+        session.close()
+        raise InvalidInput(f"{name} is a single VM; --shared is for a cluster's shared disk.")
     app.on_close(session.close)
     target_dest = str(dest) if dest is not None else remote.default_dest(url.prefix, url.bucket)
     app.say(f"Syncing {url} to {name}:{target_dest}")

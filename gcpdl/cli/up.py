@@ -32,6 +32,9 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @click.option("--ssh-from", metavar="CIDR", help="Allow SSH from this range instead of your current address.")
 @click.option("--network", metavar="NAME", help="VPC network for the VM and its firewall rules (default: default).")
 @click.option("--subnet", metavar="NAME", help="Subnetwork in the zone's region (default: the region's own or only one).")
+@click.option("--nodes", type=int, metavar="N", help="A cluster: N VMs NAME-0..NAME-{N-1} in one zone, for torchrun and Ray (see gcpdl run).")
+@click.option("--shared", type=int, metavar="GB", help="With --nodes: one data disk NAME-shared, read-only on every node (fill it with: gcpdl sync ... --on NAME --shared).")
+@click.option("--ray", "with_ray", is_flag=True, help="With --nodes: start a Ray cluster (head on NAME-0, the others join); submit with gcpdl ray.")
 @click.option("--wait/--no-wait", default=True,
               help="Wait until the startup script, SSH and Jupyter are ready, and print how to connect (default: --wait).")
 @zone_option
@@ -41,7 +44,7 @@ DRY_RUN_IP = "YOUR.PUBLIC.IP/32"  # placeholder: a dry-run looks nothing up on t
 @dry_run_option
 @click.pass_obj
 def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project, disk, disk_type, data_disk,
-       data_disk_type, data_disk_throughput, local_ssd, spot, autostop, max_hours, ssh_from, network, subnet, wait, zone, project, yes, as_json, dry_run) -> None:
+       data_disk_type, data_disk_throughput, local_ssd, spot, autostop, max_hours, ssh_from, network, subnet, nodes, shared, with_ray, wait, zone, project, yes, as_json, dry_run) -> None:
     """Create the VM NAME (or start it again if it is stopped) and print how to reach it.
 
     \b
@@ -75,6 +78,11 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
     if source is not None and firewall.width_warning(source):
         app.warn(firewall.width_warning(source))
 
+    if nodes is not None or shared is not None or with_ray:  # a cluster: gcpdl/cli/cluster.py
+        from gcpdl.cli.cluster import up_cluster
+
+        return up_cluster(app, vm, nodes, first, candidates, source, wait=wait, yes=yes, as_json=as_json, dry_run=dry_run,
+                          project=project, zone=zone, shared=shared, with_ray=with_ray)
     if dry_run:
         if not settings.project:
             from gcpdl.errors import ConfigError
@@ -108,6 +116,8 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         ready=_ready_step(factory, waits) if wait else None,
         network_given=vm.network != "default",  # a missing `default` gets the fix that creates it
     )
+    from gcpdl.compute.cluster import IsCluster
+
     try:
         result = lifecycle.up(ctx, vm)
         waits.close(done=True)
@@ -115,6 +125,12 @@ def up(app: App, name: str, gpu, cpu_only, machine, image_family, image_project,
         waits.close()
         app.say(interrupted_message(e))
         raise click.exceptions.Exit(130)
+    except IsCluster as e:  # `up NAME` on cluster NAME: the cluster, made whole again
+        waits.close()
+        from gcpdl.cli.cluster import up_cluster
+
+        return up_cluster(app, vm, e.nodes, first, candidates, source, wait=wait, yes=yes, as_json=as_json, dry_run=False,
+                          project=project, zone=zone)
     finally:
         waits.close()
     if app.verbose:

@@ -40,11 +40,15 @@ _MUTATIONS: dict[str, tuple[str, str, str | None, str | None, str | None]] = {
     "instances.stop": ("InstancesClient", "stop_unary", None, None, "instance"),
     "instances.delete": ("InstancesClient", "delete_unary", None, None, "instance"),
     "instances.setMetadata": ("InstancesClient", "set_metadata_unary", "metadata_resource", "Metadata", "instance"),
+    "instances.attachDisk": ("InstancesClient", "attach_disk_unary", "attached_disk_resource", "AttachedDisk", "instance"),
+    "instances.detachDisk": ("InstancesClient", "detach_disk_unary", None, None, "instance"),
     "disks.insert": ("DisksClient", "insert_unary", "disk_resource", "Disk", None),
     "disks.delete": ("DisksClient", "delete_unary", None, None, "disk"),
     "firewalls.insert": ("FirewallsClient", "insert_unary", "firewall_resource", "Firewall", None),
     "firewalls.patch": ("FirewallsClient", "patch_unary", "firewall_resource", "Firewall", "firewall"),
     "firewalls.delete": ("FirewallsClient", "delete_unary", None, None, "firewall"),
+    "resourcePolicies.insert": ("ResourcePoliciesClient", "insert_unary", "resource_policy_resource", "ResourcePolicy", None),
+    "resourcePolicies.delete": ("ResourcePoliciesClient", "delete_unary", None, None, "resource_policy"),
 }
 
 PREFETCH_CLIENTS = ("InstancesClient", "ZoneOperationsClient", "GlobalOperationsClient", "FirewallsClient", "DisksClient")
@@ -196,6 +200,8 @@ class Compute:
             self.factory.compute(_MUTATIONS[kind][0])
         self.factory.compute("ZoneOperationsClient")
         self.factory.compute("GlobalOperationsClient")
+        if any(k.startswith("resourcePolicies.") for k in kinds):
+            self.factory.compute("RegionOperationsClient")
 
     def execute(self, call: ApiCall, deadline: Deadline) -> dict[str, Any]:
         """Send one ApiCall; return the operation as REST JSON (not yet waited for)."""
@@ -210,6 +216,10 @@ class Compute:
         kwargs: dict[str, Any] = {"project": call.project, "request_id": str(uuid.uuid4())}
         if call.zone:
             kwargs["zone"] = call.zone
+        if call.region:
+            kwargs["region"] = call.region
+        if call.kind == "instances.detachDisk":
+            kwargs["device_name"] = call.query["deviceName"]
         if name_kw:
             kwargs[name_kw] = call.resource
         for key, value in call.query.items():  # query parameters (discardLocalSsd=true), by their field names
@@ -330,7 +340,8 @@ def operation_error(op: dict[str, Any], project: str, what: str = "") -> GcpdlEr
 
 
 def _what(call: ApiCall) -> str:
-    noun = {"instances": "VM", "disks": "Disk", "firewalls": "Firewall rule"}[call.kind.split(".")[0]]
+    noun = {"instances": "VM", "disks": "Disk", "firewalls": "Firewall rule",
+            "resourcePolicies": "Placement policy"}[call.kind.split(".")[0]]
     return f"{noun} {call.resource}"
 
 
@@ -339,6 +350,8 @@ def _request_type(compute_v1: Any, client_name: str, method_name: str) -> Any:
     # PatchFirewallRequest, set_metadata SetMetadataInstanceRequest...
     verb = "".join(p.capitalize() for p in method_name.removesuffix("_unary").split("_"))
     noun = client_name.removesuffix("sClient")
+    if noun.endswith("ie"):  # ResourcePoliciesClient -> InsertResourcePolicyRequest
+        noun = noun[:-2] + "y"
     return getattr(compute_v1, f"{verb}{noun}Request")
 
 

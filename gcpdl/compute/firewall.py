@@ -313,6 +313,10 @@ def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterab
     names = {r.get("name") for r in rules}
     vm_list = [(name, network, set(tags)) for name, network, tags in vms]
     gcpdl_rules = {rq.firewall_name(n) for n, _, _ in vm_list} | {rq.deny_rule_name(n) for n, _, _ in vm_list}
+    # the tags a gcpdl deny rule shuts: a cluster's nodes are covered by the cluster's one rule
+    denied_tags = {t for r in rules if str(r.get("name", "")).startswith("gcpdl-deny-ssh-") and not r.get("disabled")
+                   for t in r.get("targetTags") or []}
+    vm_tags = {n: tags for n, _, tags in vm_list}
     out = []
     for r in rules:
         if r.get("disabled") or r.get("direction", "INGRESS") != "INGRESS" or not r.get("allowed"):
@@ -327,7 +331,8 @@ def world_open_rules(rules: Iterable[dict], vms: Iterable[tuple[str, str, Iterab
         if new_vms_network == net and not targets:
             hit.append(NEW_VMS)
         if hit:
-            missing = tuple(n for n in hit if n != NEW_VMS and rq.deny_rule_name(n) not in names)
+            missing = tuple(n for n in hit if n != NEW_VMS and rq.deny_rule_name(n) not in names
+                            and not vm_tags.get(n, set()) & denied_tags)
             out.append(OpenRule(str(r["name"]), _ports(r["allowed"]), tuple(hit), _only_ssh(r["allowed"]),
                                 _covers_ssh(r["allowed"]), int(r.get("priority", 1000)) < rq.DENY_PRIORITY, missing))
     return sorted(out, key=lambda o: o.rule)
@@ -352,3 +357,38 @@ def list_rules(compute, deadline) -> list[dict]:
         if not token:
             return out
         params = {**params, "pageToken": token}
+
+
+# --- clusters: the rule that lets a cluster's nodes reach each other ---------------------------
+INTRA_FIELDS = ("direction", "priority", "allowed", "sourceTags", "targetTags")
+
+
+def intra_path(project: str, cluster: str) -> str:
+    return rq.firewall_path(project, rq.intra_rule_name(cluster))
+
+
+def plan_intra(project: str, cluster: str, existing: dict | None, network: str = rq.DEFAULT_NETWORK) -> ApiCall | None:
+    """insert the intra-cluster rule when missing, patch it back when someone changed what it does."""
+    want = rq.intra_body(project, cluster, network)
+    if existing is None:
+        return rq.intra_insert(project, cluster, network)
+    if any(existing.get(k) != want[k] for k in INTRA_FIELDS) or existing.get("disabled"):
+        body = {k: want[k] for k in ("description", *INTRA_FIELDS)}
+        return ApiCall("firewalls.patch", "PATCH", intra_path(project, cluster), body, project, None, want["name"])
+    return None
+
+
+def apply_intra(compute, cluster: str, call: ApiCall, deadline) -> bool:
+    """Run the planned intra-cluster insert/patch; True when this run created the rule."""
+    from gcpdl.errors import Conflict
+
+    try:
+        compute.run(call, deadline)
+        return call.kind == "firewalls.insert"
+    except Conflict:
+        if call.kind != "firewalls.insert":
+            raise
+        fixed = plan_intra(call.project, cluster, {}, (call.body or {}).get("network", "").rsplit("/", 1)[-1] or rq.DEFAULT_NETWORK)
+        if fixed is not None:
+            compute.run(fixed, deadline)
+        return False

@@ -197,6 +197,13 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result(), f_deny.result())
+        if f_rule.result() is not None or f_deny.result() is not None:
+            # rules named after NAME but no VM: a cluster NAME (its rules carry its name), or leftovers
+            from gcpdl.compute import cluster
+
+            found = cluster.find(compute, spec.name, deadline)
+            if found is not None:
+                raise cluster.IsCluster(spec.name, found.size)
         offered = f_offered.result() if f_offered else None
         image = f_image.result()
         rule, deny = f_rule.result(), f_deny.result()
@@ -441,17 +448,21 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny
     if not inst.managed:
         raise InvalidInput(f"A VM named {spec.name} already exists in {inst.zone} and was not created by gcpdl; choose another name.")
     diffs = differences(spec, inst)
-    rule_call = fw.plan_rule(compute.project, spec.name, ctx.ssh_from, rule, inst.network)
-    deny_call = fw.plan_deny(compute.project, spec.name, deny, inst.network)
+    owner = inst.labels.get(rq.CLUSTER_LABEL) or spec.name  # a cluster's node: the cluster's rules
+    if owner != spec.name:
+        rule = compute.get_or_none(fw.rule_path(compute.project, owner), compute.new_deadline(PREFLIGHT_TIMEOUT, "the SSH rules"))
+        deny = compute.get_or_none(fw.deny_path(compute.project, owner), compute.new_deadline(PREFLIGHT_TIMEOUT, "the SSH rules"))
+    rule_call = fw.plan_rule(compute.project, owner, ctx.ssh_from, rule, inst.network)
+    deny_call = fw.plan_deny(compute.project, owner, deny, inst.network)
     deadline = compute.new_deadline(START_TIMEOUT, f"{spec.name} to start")
     action = "reused"
     if rule_call is not None or deny_call is not None:
         compute.clients_for(["firewalls.insert", "firewalls.patch"])
     if deny_call is not None:
-        fw.apply(compute, spec.name, deny_call, deadline)
+        fw.apply(compute, owner, deny_call, deadline)
         ctx.progress(f"Restored the firewall rule {deny_call.resource} that keeps SSH to {spec.name} closed to everyone else.")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcpdl-fw") as pool:
-        f_fw = pool.submit(fw.apply, compute, spec.name, rule_call, deadline) if rule_call else None
+        f_fw = pool.submit(fw.apply, compute, owner, rule_call, deadline) if rule_call else None
         if inst.status in ("RUNNING",):
             ctx.progress(f"{spec.name} is already running in {inst.zone}.")
         else:
@@ -468,7 +479,7 @@ def _reuse(ctx: UpContext, spec: VmSpec, inst: Instance, rule: dict | None, deny
         inst = get_instance(compute, inst.zone, inst.name, deadline) if inst.status != "RUNNING" else inst
     result = UpResult(
         instance=inst, action=action, price_per_hour=_price_of(inst), differences=diffs,
-        firewall_rule=rq.firewall_name(spec.name), ssh_from=ctx.ssh_from,
+        firewall_rule=rq.firewall_name(owner), ssh_from=ctx.ssh_from,
     )
     return _finish(ctx, result)
 
@@ -539,7 +550,8 @@ def start(compute: Compute, name: str, now: Callable[[], float] = time.time, pro
     deadline = compute.new_deadline(START_TIMEOUT, f"{name} to start")
     inst = require(compute, name, deadline)
     if inst.managed:
-        fw.ensure_rules(compute, name, ssh_from, deadline, inst.network, progress)
+        # a cluster's node carries the cluster's tag: its rules are the cluster's
+        fw.ensure_rules(compute, inst.labels.get(rq.CLUSTER_LABEL) or name, ssh_from, deadline, inst.network, progress)
     if inst.status != "RUNNING":
         progress(f"Starting {name} in {inst.zone}...")
     inst = _start(compute, inst, deadline, now)
@@ -598,6 +610,11 @@ def down(
     deadline = compute.new_deadline(DELETE_TIMEOUT, f"{name} to be deleted")
     inst = find(compute, name, deadline)
     if inst is None:
+        from gcpdl.compute import cluster
+
+        # a cluster's rules carry its name too: never take them for a lone VM's leftovers
+        if cluster.find(compute, name, deadline) is not None:
+            return cluster.down(compute, name, confirm=confirm, progress=progress, now=now, delete_data=delete_data)
         return _down_leftovers(compute, name, delete_data, confirm, deadline, progress)
     if not inst.managed:
         raise InvalidInput(f"VM {name} was not created by gcpdl; delete it in the console if you mean to.")
@@ -701,6 +718,7 @@ class VmStatus:
         return {
             "kind": "vm",
             **self.instance.summary(),
+            "cluster": self.instance.labels.get(rq.CLUSTER_LABEL),
             "uptime_s": None if self.uptime_s is None else int(self.uptime_s),
             "price_per_hour": self.price_per_hour,
             "spend_since_start": self.spend_since_start,
@@ -756,8 +774,8 @@ def status_report(compute: Compute, name: str | None = None, now: Callable[[], f
         f_rules = pool.submit(_rules_or_none, compute, deadline)
         vms = list_managed(compute, deadline)
         lookup.remember(compute, *vms)
-        if name is not None:
-            vms = [v for v in vms if v.name == name]
+        if name is not None:  # a VM, or every node of a cluster
+            vms = [v for v in vms if v.name == name or v.labels.get(rq.CLUSTER_LABEL) == name]
         stopped = [v for v in vms if v.status in STOPPED_STATES]
         f_after = pool.submit(after_list, vms) if after_list is not None else None
         for v in stopped:

@@ -25,6 +25,7 @@ class ApiCall:
     zone: str | None = None
     resource: str | None = None  # instance, disk or firewall name
     query: dict[str, str] = field(default_factory=dict)
+    region: str | None = None  # regional resources (resource policies)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method, "path": self.path}

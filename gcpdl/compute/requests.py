@@ -334,3 +334,126 @@ def plan_create(
     body = instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup_script, now=now(), subnet=subnet)
     calls.append(instance_insert(project, zone, body))
     return calls
+
+
+# --- clusters (`up NAME --nodes N`) --------------------------------------------------------
+# The intra-cluster allow rule must outrank the per-cluster SSH deny (DENY_PRIORITY): the deny's
+# 0.0.0.0/0 also matches the nodes' internal addresses, and at equal priority a deny wins.
+INTRA_PRIORITY = 1500
+CLUSTER_LABEL = "gcpdl-cluster"
+NODE_LABEL = "gcpdl-node"
+NODES_LABEL = "gcpdl-nodes"
+CLUSTER_PEERS_KEY = "gcpdl-cluster-peers"  # instance attribute: the other nodes' names
+# Machine families that take a compact (COLLOCATED) placement policy; N1 and E2 allow only spread
+# placement (https://cloud.google.com/compute/docs/instances/use-compact-placement-policies).
+COMPACT_FAMILIES = frozenset({"a2", "a3", "a4", "c2", "c2d", "c3", "c3d", "c4", "g2", "h3", "n2", "n2d"})
+
+
+def intra_rule_name(cluster: str) -> str:
+    return _derived("gcpdl-intra-", cluster)
+
+
+def placement_policy_name(cluster: str) -> str:
+    return _derived("gcpdl-place-", cluster)
+
+
+def region_path(project: str, region: str) -> str:
+    return f"{API}/projects/{project}/regions/{region}"
+
+
+def policy_url(project: str, region: str, policy: str) -> str:
+    return f"projects/{project}/regions/{region}/resourcePolicies/{policy}"
+
+
+def supports_compact(machine_type: str) -> bool:
+    return machine_type.split("-", 1)[0] in COMPACT_FAMILIES
+
+
+def intra_body(project: str, cluster: str, network: str = DEFAULT_NETWORK) -> dict:
+    """All traffic between this cluster's nodes, and only theirs: sourceTags and targetTags are
+    the cluster's tag. No sourceRanges: GCE ORs them with sourceTags, which would widen the rule."""
+    tag = network_tag(cluster)
+    return {
+        "name": intra_rule_name(cluster),
+        "description": f"gcpdl: traffic between the nodes of cluster {cluster} only",
+        "network": network_url(project, network),
+        "direction": "INGRESS",
+        "priority": INTRA_PRIORITY,
+        "allowed": [{"IPProtocol": "all"}],
+        "sourceTags": [tag],
+        "targetTags": [tag],
+    }
+
+
+def intra_insert(project: str, cluster: str, network: str = DEFAULT_NETWORK) -> ApiCall:
+    body = intra_body(project, cluster, network)
+    return ApiCall("firewalls.insert", "POST", firewall_path(project), body, project, None, body["name"])
+
+
+def placement_body(cluster: str, region: str, nodes: int) -> dict:
+    return {
+        "name": placement_policy_name(cluster),
+        "description": f"gcpdl: compact placement for cluster {cluster} ({nodes} nodes)",
+        "region": region,
+        "groupPlacementPolicy": {"collocation": "COLLOCATED"},
+    }
+
+
+def placement_insert(project: str, region: str, cluster: str, nodes: int) -> ApiCall:
+    body = placement_body(cluster, region, nodes)
+    return ApiCall("resourcePolicies.insert", "POST", f"{region_path(project, region)}/resourcePolicies", body, project,
+                   None, body["name"], region=region)
+
+
+def placement_delete(project: str, region: str, cluster: str) -> ApiCall:
+    name = placement_policy_name(cluster)
+    return ApiCall("resourcePolicies.delete", "DELETE", f"{region_path(project, region)}/resourcePolicies/{name}", None,
+                   project, None, name, region=region)
+
+
+def node_body(project: str, zone: str, spec: VmSpec, cluster: str, rank: int, nodes: int, policy: str | None, *,
+              ssh_keys: str, startup_script: str, now: float, subnet: str | None = None) -> dict:
+    """One node's instance body: a single VM's body (``spec.name`` is NAME-k) with the cluster's
+    labels, the cluster's network tag (its SSH, deny and intra-cluster rules) instead of its own,
+    and the placement policy when the family supports one."""
+    body = instance_body(project, zone, spec, ssh_keys=ssh_keys, startup_script=startup_script, now=now, subnet=subnet)
+    body["labels"].update({CLUSTER_LABEL: cluster, NODE_LABEL: str(rank), NODES_LABEL: str(nodes)})
+    body["tags"] = {"items": [network_tag(cluster)]}
+    # the autostop agent stops a node only once every node is idle (gcpdl/agent/peers.py)
+    peers = ",".join(f"{cluster}-{k}" for k in range(nodes) if k != rank)
+    if peers:
+        body["metadata"]["items"].append({"key": CLUSTER_PEERS_KEY, "value": peers})
+    if policy:
+        body["resourcePolicies"] = [policy]
+    return body
+
+
+# --- --shared: one data disk, filled once, attached read-only to every node ---------------------
+SHARED_DEVICE = "shared"  # /dev/disk/by-id/google-shared on each node
+
+
+def shared_disk_name(cluster: str) -> str:
+    return _derived("", cluster, "-shared")
+
+
+def shared_disk_insert(project: str, zone: str, cluster: str, size_gb: int) -> ApiCall:
+    body = {
+        "name": shared_disk_name(cluster),
+        "sizeGb": str(size_gb),
+        "type": f"projects/{project}/zones/{zone}/diskTypes/pd-balanced",
+        "labels": {"gcpdl": "managed", CLUSTER_LABEL: cluster},
+        "description": f"gcpdl: the dataset of cluster {cluster}, attached read-only to every node",
+    }
+    return ApiCall("disks.insert", "POST", f"{zone_path(project, zone)}/disks", body, project, zone, body["name"])
+
+
+def attach_disk(project: str, zone: str, instance: str, disk: str, read_only: bool) -> ApiCall:
+    body = {"source": f"projects/{project}/zones/{zone}/disks/{disk}", "deviceName": SHARED_DEVICE,
+            "mode": "READ_ONLY" if read_only else "READ_WRITE", "autoDelete": False}
+    return ApiCall("instances.attachDisk", "POST", f"{instances_path(project, zone)}/{instance}/attachDisk", body, project,
+                   zone, instance)
+
+
+def detach_disk(project: str, zone: str, instance: str, device: str = SHARED_DEVICE) -> ApiCall:
+    return ApiCall("instances.detachDisk", "POST", f"{instances_path(project, zone)}/{instance}/detachDisk", None, project,
+                   zone, instance, {"deviceName": device})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -59,8 +60,18 @@ def read_known(alias: str, path: Path | None = None) -> list[HostKey]:
     return out
 
 
+# known_hosts is read, changed and written whole: threads of one process (a cluster's nodes get
+# ready in parallel) take turns, or one would write back a file without another's keys
+FILE_LOCK = threading.RLock()
+
+
 def store(alias: str, keys: Iterable[HostKey], path: Path | None = None) -> None:
     """Replace the entries for ``alias`` (other lines are kept as they are), atomically."""
+    with FILE_LOCK:
+        _store(alias, keys, path)
+
+
+def _store(alias: str, keys: Iterable[HostKey], path: Path | None = None) -> None:
     path = path or known_hosts_path()
     try:
         lines = path.read_text().splitlines()
@@ -126,9 +137,10 @@ def pin_published(alias: str, published: Iterable[HostKey], path: Path | None = 
     the caller reports them: an earlier first-use pin may have been an impostor."""
     path = path or known_hosts_path()
     published = list(published)
-    stored = read_known(alias, path)
-    if published and sorted(stored, key=str) != sorted(published, key=str):
-        store(alias, published, path)
+    with FILE_LOCK:
+        stored = read_known(alias, path)
+        if published and sorted(stored, key=str) != sorted(published, key=str):
+            store(alias, published, path)
     return [k for k in stored if k not in published] if published else []
 
 

@@ -240,7 +240,8 @@ def target_session(app_factory: object, name: str, zone: str | None, report: Rep
         # the usual cause on a laptop: a new network, so a new address the SSH rule does not allow
         from gcpdl.compute.firewall import moved_address
 
-        hint = moved_address(factory, name)
+        # a cluster's node is reached through the cluster's rule
+        hint = moved_address(factory, (target.instance.get("labels") or {}).get("gcpdl-cluster") or name)
         if hint is None:
             raise
         raise ConnectTimedOut(f"{e.message} {hint}", fix=f"Re-point the rule with: gcpdl start {name} (or gcpdl up {name})") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -163,6 +164,11 @@ def ensure_include() -> bool:
     return True
 
 
+# the managed file is read, changed and written whole: threads of one process (a cluster's nodes
+# get ready in parallel) take turns, or one would write back a file without another's block
+_LOCK = threading.RLock()
+
+
 def _write_managed(blocks: list[tuple[str, str]]) -> None:
     text = HEADER + "".join("\n" + b for _, b in blocks)
     _ssh_dir_ready()
@@ -196,16 +202,17 @@ def refresh_host(
     if dropped and report is not None:
         report(replaced_message(name, dropped, keys))
     path = managed_path()
-    try:
-        blocks = _parse_blocks(path.read_text())
-    except FileNotFoundError:
-        blocks = []
-    new = entry.block()
-    replaced = [(n, new if n == name else b) for n, b in blocks]
-    if name not in {n for n, _ in blocks}:
-        replaced.append((name, new))
-    _write_managed(replaced)
-    ensure_include()
+    with _LOCK:
+        try:
+            blocks = _parse_blocks(path.read_text())
+        except FileNotFoundError:
+            blocks = []
+        new = entry.block()
+        replaced = [(n, new if n == name else b) for n, b in blocks]
+        if name not in {n for n, _ in blocks}:
+            replaced.append((name, new))
+        _write_managed(replaced)
+        ensure_include()
     return path
 
 
@@ -223,14 +230,15 @@ def refresh_vm(factory: Any, name: str, zone: str | None = None, report: Callabl
 def remove_host(name: str) -> bool:
     """Remove VM ``name``'s block; True if there was one. The Include line stays (harmless)."""
     path = managed_path()
-    try:
-        blocks = _parse_blocks(path.read_text())
-    except FileNotFoundError:
-        return False
-    kept = [(n, b) for n, b in blocks if n != name]
-    if len(kept) == len(blocks):
-        return False
-    _write_managed(kept)
+    with _LOCK:
+        try:
+            blocks = _parse_blocks(path.read_text())
+        except FileNotFoundError:
+            return False
+        kept = [(n, b) for n, b in blocks if n != name]
+        if len(kept) == len(blocks):
+            return False
+        _write_managed(kept)
     return True
 
 

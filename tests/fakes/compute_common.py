@@ -113,6 +113,7 @@ class Stockout:
     code: str = "ZONE_RESOURCE_POOL_EXHAUSTED"
     zones_available: list[str] | None = None
     sync_503: bool = False
+    after: int = 0  # inserts that still succeed before the stockout starts
 
 
 @dataclass

@@ -47,6 +47,8 @@ class InstancesMixin:
             raise invalid_field("resource.scheduling.instanceTerminationAction", sched["instanceTerminationAction"],
                                 "Instance termination action can only be set for SPOT instances or with a time limit.")
         image_gb = self._check_disks(project, zone, name, body.get("disks") or [], mt_name)
+        if body.get("resourcePolicies"):
+            body["resourcePolicies"] = self._check_instance_policies(project, zone, mt_name, body["resourcePolicies"])
         sync_err, op_err = self._capacity_errors(project, zone, region, accs, spot, mt_name)
         if sync_err:
             raise sync_err
@@ -209,9 +211,7 @@ class InstancesMixin:
                 if disk is None or m is None or m.group(1) != zone:
                     raise invalid_field(f"resource.disks[{i}].source", d["source"], "The referenced disk resource cannot be found.")
                 self._check_disk_type_fits(mt_name, disk["type"].rsplit("/", 1)[-1], f"resource.disks[{i}]")
-                if disk.get("users") and d.get("mode", "READ_WRITE") == "READ_WRITE":
-                    raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
-                                        f"'{path_of(disk['users'][0])}'", reason="resourceInUseByAnotherResource")
+                self._check_attach_mode(disk, d.get("mode", "READ_WRITE"))
             else:
                 raise invalid_field(f"resource.disks[{i}]", "", "Either source or initializeParams must be specified.")
         return image_gb
@@ -244,6 +244,9 @@ class InstancesMixin:
                         return ApiError(403, msg, reason="quotaExceeded", domain="usageLimits"), None
                     return None, OpError("QUOTA_EXCEEDED", msg, 403, [{"quotaInfo": info}])
         so = self.stockouts.get(zone)
+        if so and so.after > 0 and ignore is None:
+            so.after -= 1  # this one still fits
+            so = None
         if so:
             text = f"The zone 'projects/{project}/zones/{zone}' does not have enough resources available to fulfill the request."
             if so.sync_503:
@@ -362,7 +365,7 @@ class InstancesMixin:
                 "name": f"nic{i}",
                 "network": self._link(project, "global", "networks", net),
                 "subnetwork": self._link(project, "regions", region, "subnetworks", sub),
-                "networkIP": f"10.128.0.{next(self._ip_counter)}",
+                "networkIP": self.internal_ips.get(name) or f"10.128.0.{next(self._ip_counter)}",
                 "fingerprint": self._fingerprint(),
                 "stackType": "IPV4_ONLY",
             }
@@ -617,3 +620,70 @@ class InstancesMixin:
             raise missing
         out.update(queryPath=query_path or "", queryValue={"items": items})
         return 200, out
+
+
+    # ---------------------------------------------------------------- attach / detach
+    def _disk_writer(self, disk: dict) -> str | None:
+        """The instance that has ``disk`` attached READ_WRITE, if any."""
+        for user in disk.get("users") or []:
+            zone, name = user.split("/zones/")[1].split("/instances/")
+            inst = self.instances_by_key.get((zone, name))
+            for d in (inst or {}).get("disks", []):
+                if d.get("source") == disk["selfLink"] and d.get("mode", "READ_WRITE") == "READ_WRITE":
+                    return user
+        return None
+
+    def _check_attach_mode(self, disk: dict, mode: str) -> None:
+        """GCE multi-attach: one READ_WRITE user and no one else, or any number of READ_ONLY users."""
+        users = disk.get("users") or []
+        if not users:
+            return
+        writer = self._disk_writer(disk)
+        if mode == "READ_WRITE" or writer is not None:
+            raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
+                                f"'{path_of(writer or users[0])}'" + (" in read-write mode" if writer else ""),
+                           reason="resourceInUseByAnotherResource")
+
+    def _instances_attach_disk(self, ctx: Ctx) -> tuple[int, dict]:
+        project, zone, name, body = ctx.project, ctx.params["zone"], ctx.params["instance"], ctx.body
+        inst = self._get_instance(project, zone, name)
+        m = re.fullmatch(r"(?:https?://[^/]+/compute/v1/)?(?:projects/[^/]+/)?zones/([^/]+)/disks/([^/]+)", body.get("source") or "")
+        disk = self.disks_by_key.get((m.group(1), m.group(2))) if m else None
+        if disk is None or m.group(1) != zone:
+            raise invalid_field("resource.source", body.get("source"), "The referenced disk resource cannot be found.")
+        if inst["selfLink"] in (disk.get("users") or []):
+            raise ApiError(400, f"The disk resource '{path_of(disk['selfLink'])}' is already being used by "
+                                f"'{path_of(inst['selfLink'])}'", reason="resourceInUseByAnotherResource")
+        mode = body.get("mode", "READ_WRITE")
+        self._check_attach_mode(disk, mode)
+        device = body.get("deviceName") or disk["name"]
+        if any(d.get("deviceName") == device for d in inst.get("disks", [])):
+            raise invalid_field("resource.deviceName", device, "Device name is already in use on this instance.")
+        disk.setdefault("users", []).append(inst["selfLink"])
+        disk["lastAttachTimestamp"] = self._ts()
+        inst.setdefault("disks", []).append({
+            "kind": "compute#attachedDisk", "type": "PERSISTENT", "mode": mode, "source": disk["selfLink"],
+            "deviceName": device, "index": len(inst["disks"]), "boot": False, "autoDelete": bool(body.get("autoDelete", False)),
+            "interface": "SCSI", "diskSizeGb": disk["sizeGb"], "architecture": "X86_64",
+        })
+        op = self._new_op(project, ("zones", zone), "attachDisk", inst)
+        return self._op_response(op)
+
+    def _instances_detach_disk(self, ctx: Ctx) -> tuple[int, dict]:
+        project, zone, name = ctx.project, ctx.params["zone"], ctx.params["instance"]
+        inst = self._get_instance(project, zone, name)
+        device = ctx.query.get("deviceName", "")
+        found = [d for d in inst.get("disks", []) if d.get("deviceName") == device]
+        if not found:
+            raise invalid_field("deviceName", device, f"No attached disk found with device name '{device}'")
+        if found[0].get("boot"):
+            raise ApiError(400, "Invalid value for field 'deviceName'. The boot disk cannot be detached.")
+        inst["disks"] = [d for d in inst["disks"] if d is not found[0]]
+        disk = self.disks_by_key.get((zone, found[0]["source"].rsplit("/", 1)[-1]))
+        if disk is not None:
+            disk["users"] = [u for u in disk.get("users", []) if u != inst["selfLink"]]
+            if not disk["users"]:
+                del disk["users"]
+            disk["lastDetachTimestamp"] = self._ts()
+        op = self._new_op(project, ("zones", zone), "detachDisk", inst)
+        return self._op_response(op)

@@ -50,12 +50,13 @@ from tests.fakes.compute_discovery import Route, discovery, validate_body
 from tests.fakes.compute_disks_firewalls import DisksFirewallsMixin
 from tests.fakes.compute_instances import InstancesMixin
 from tests.fakes.compute_operations import OperationsMixin
+from tests.fakes.compute_policies import PoliciesMixin
 from tests.fakes.compute_reads import ReadsMixin
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMixin):
+class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMixin, PoliciesMixin):
     """State, faults and the HTTP server. Thread-safe: every request runs under one lock."""
 
     def __init__(self, key_dir: Path | str | None = None, project: str = "test-project"):
@@ -143,6 +144,7 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             self.instances_by_key: dict[tuple[str, str], dict] = {}
             self.disks_by_key: dict[tuple[str, str], dict] = {}
             self.firewalls_by_name: dict[str, dict] = {}
+            self.resource_policies: dict[tuple[str, str], dict] = {}  # (region, name) -> policy
             # the default VPC (auto mode) with no rules; seed_default_rules() adds the rules a new
             # project carries, remove_network("default") makes a project without it
             self.networks: dict[str, dict] = {"default": {"auto": True, "id": "1000000000000000001"}}
@@ -176,6 +178,7 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             self.quota_error_mode = "auto"
             self.default_nat_ip = "127.0.0.1"
             self.nat_ips: dict[str, str] = {}  # instance name -> natIP for instances inserted later
+            self.internal_ips: dict[str, str] = {}  # instance name -> networkIP (default 10.128.0.N)
             self.start_nat_ip: str | None = None  # natIP a started VM gets (None: keeps its address)
             self.require_auth = True
             self.requests: list[LoggedRequest] = []
@@ -198,8 +201,14 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
 
     # ---------------------------------------------------------------- fault injection
     def stockout(self, zone: str, code: str = "ZONE_RESOURCE_POOL_EXHAUSTED", zones_available: list[str] | None = None,
-                 sync_503: bool = False) -> None:
-        self.stockouts[zone] = Stockout(code, zones_available, sync_503)
+                 sync_503: bool = False, after: int = 0) -> None:
+        """Inserts in ``zone`` fail for lack of capacity; ``after``: the first ``after`` inserts
+        still get capacity (a group that runs out part-way: stockout on the third VM is after=2)."""
+        self.stockouts[zone] = Stockout(code, zones_available, sync_503, after)
+
+    def policies(self) -> list[dict]:
+        with self._lock:
+            return [copy.deepcopy(p) for _, p in sorted(self.resource_policies.items())]
 
     def set_quota(self, metric: str, limit: float, region: str | None = None, usage: float = 0) -> None:
         """Set a quota's limit and its usage by things outside this fake (region None: project)."""
@@ -560,6 +569,8 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             "compute.instances.start": self._instances_start,
             "compute.instances.stop": self._instances_stop,
             "compute.instances.setMetadata": self._instances_set_metadata,
+            "compute.instances.attachDisk": self._instances_attach_disk,
+            "compute.instances.detachDisk": self._instances_detach_disk,
             "compute.instances.setLabels": self._instances_set_labels,
             "compute.instances.setScheduling": self._instances_set_scheduling,
             "compute.instances.setTags": self._instances_set_tags,
@@ -602,6 +613,10 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
             "compute.regionOperations.wait": self._op_wait,
             "compute.regionOperations.list": self._op_list,
             "compute.regionOperations.delete": self._op_delete,
+            "compute.resourcePolicies.insert": self._policies_insert,
+            "compute.resourcePolicies.get": self._policies_get,
+            "compute.resourcePolicies.list": self._policies_list,
+            "compute.resourcePolicies.delete": self._policies_delete,
             "compute.networks.get": self._networks_get,
             "compute.networks.list": self._networks_list,
             "compute.subnetworks.get": self._subnetworks_get,
