@@ -79,7 +79,13 @@ def write_redirect(url: str, directory: Path, name: str) -> Path:
 
     private_dir(directory)
     text = REDIRECT_HTML.format(url=html.escape(url, quote=True), url_js=json.dumps(url).replace("<", "\\u003c"))
-    return write_private(directory / f"{name}-{os.getpid()}-open.html", text)
+    return write_private(redirect_path(directory, name), text)
+
+
+def redirect_path(directory: Path, name: str) -> Path:
+    """Where this process's redirect file for VM ``name`` goes (known before it is written, so its
+    removal can be arranged first: a Ctrl-C between writing and arranging would leave it)."""
+    return directory / f"{name}-{os.getpid()}-open.html"
 
 
 def open_browser(url: str, directory: Path, name: str) -> Path:

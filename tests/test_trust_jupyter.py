@@ -41,3 +41,21 @@ def test_browser_gets_a_private_redirect_file_not_the_token(ssh_vm, jupyter_serv
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert not opened.exists()  # removed with the tunnel
+
+
+def test_ctrl_c_while_the_browser_starts_leaves_no_redirect_file(ssh_vm, jupyter_server, tmp_path: Path):
+    """Ctrl-C can come while the browser is still starting (webbrowser waits for it): the file
+    that carries the token must be removed then too. The "browser" here interrupts gcpdl itself,
+    so the moment is exact (under load a person's Ctrl-C landed there once)."""
+    record = tmp_path / "browser-argv"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{record}"\nkill -INT $PPID\nsleep 1\n')
+    browser.chmod(0o755)
+    env = dict(os.environ, BROWSER=f"{browser} %s")
+    env.pop("GCPDL_NO_BROWSER", None)
+    proc = subprocess.run([sys.executable, "-m", "gcpdl", "jupyter", "box"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode in (0, 130), proc.stderr
+    opened = Path(record.read_text().strip()[len("file://"):])
+    assert opened.name.endswith("-open.html")
+    assert not opened.exists(), "the redirect file with the token was left behind"

@@ -82,12 +82,14 @@ def jupyter(app: App, name: str, port: int | None, no_browser: bool, project: st
         )
         app.say(f"Jupyter on {name} is at {server.url(tunnel.local_port, with_token=False)} (tunnel over SSH). Ctrl-C closes it.")
         if not no_browser:
-            from gcpdl.jupyter import open_browser
+            from gcpdl.jupyter import open_browser, redirect_path
             from gcpdl.settings import state_dir
 
-            # the browser gets a 0600 redirect file: its command line is readable by any local user
-            page = open_browser(url, state_dir() / "jupyter", name)
+            # the browser gets a 0600 redirect file: its command line is readable by any local user.
+            # Its removal is arranged before it exists, so a Ctrl-C at any moment leaves none.
+            page = redirect_path(state_dir() / "jupyter", name)
             app.on_close(lambda: page.unlink(missing_ok=True))
+            open_browser(url, state_dir() / "jupyter", name)
         tunnel.wait()
     except KeyboardInterrupt:  # Ctrl-C is how a tunnel is meant to end: exit 0
         app.say("Tunnel closed.")
