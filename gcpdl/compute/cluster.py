@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,7 +34,7 @@ from gcpdl.compute import zones as zn
 from gcpdl.compute.adapter import Compute, prefetch
 from gcpdl.compute.model import ApiCall, Instance, ZoneAttempt
 from gcpdl.deadline import Deadline
-from gcpdl.errors import Aborted, GcpdlError, InvalidInput, NotFound, QuotaExceeded, Stockout
+from gcpdl.errors import Aborted, InvalidInput, NotFound, QuotaExceeded, Stockout
 from gcpdl.pricing import region_of
 from gcpdl.spec import VmSpec
 
@@ -210,19 +210,11 @@ def up(ctx: lc.UpContext, spec: VmSpec, nodes: int) -> ClusterUpResult:
 
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="gcpdl-read") as pool:
         oslogin = compute.factory.oslogin()
-        f_project = pool.submit(lc._project_doc, oslogin)
+        reads = lc.create_reads(pool, compute, oslogin, spec, first, deadline)
         f_cluster = pool.submit(find, compute, name, deadline)
         f_single = pool.submit(lookup.find, compute, name, deadline)  # a single VM with the cluster's name
         f_rules = [pool.submit(compute.get_or_none, p, deadline)
                    for p in (fw.rule_path(project, name), fw.deny_path(project, name), fw.intra_path(project, name))]
-        f_net = pool.submit(compute.get_or_none, nw.network_path(project, spec.network), deadline)
-        f_offered: Future | None = pool.submit(zn.accelerator_zones, compute, spec.accelerator, deadline) if spec.gpu else None
-        f_zone = None if spec.gpu else pool.submit(compute.get_or_none, rq.zone_path(project, first), deadline)
-        f_image = pool.submit(
-            compute.get, f"/compute/v1/projects/{spec.image_project}/global/images/family/{spec.image_family}",
-            deadline, None, f"Image family {spec.image_family} in project {spec.image_project}",
-        )
-        f_quota = pool.submit(qt.read_region, compute, region_of(first), deadline) if spec.gpu else None
         single = f_single.result()
         if single is not None and cluster_of(single) is None:
             raise InvalidInput(f"A VM named {name} already exists (in {single.zone}); a cluster needs a name of its own.",
@@ -230,13 +222,13 @@ def up(ctx: lc.UpContext, spec: VmSpec, nodes: int) -> ClusterUpResult:
         rules = [f.result() for f in f_rules]
         existing = f_cluster.result()
         if existing is not None:
-            return _reuse(ctx, spec, nodes, existing, rules, f_net.result())
-        offered = f_offered.result() if f_offered else None
-        image = f_image.result()
-        net_doc = f_net.result()
-        project_doc = f_project.result()
+            return _reuse(ctx, spec, nodes, existing, rules, reads.net.result())
+        offered = reads.offered.result() if reads.offered else None
+        image = reads.image.result()
+        net_doc = reads.net.result()
+        project_doc = reads.project.result()
 
-    if f_zone is not None and f_zone.result() is None:
+    if reads.zone is not None and reads.zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
     zn.check_zone(spec, first, offered or {})
     image_gb = int(image.get("diskSizeGb") or 0)
@@ -245,11 +237,11 @@ def up(ctx: lc.UpContext, spec: VmSpec, nodes: int) -> ClusterUpResult:
     queue = zn.next_zones(first, ctx.zones, offered, spec)
     choice = nw.choose(project, spec.network, spec.subnet, net_doc, first, ctx.network_given)
     queue = [z for z in queue if choice.usable(z)]
-    if f_quota is not None:
+    if reads.quota is not None:
         # the whole group's GPUs must fit in one region's quota
         group = dataclasses.replace(spec, gpu_count=spec.gpu_count * nodes)
         project_quotas = None if project_doc is None else project_doc.get("quotas") or []
-        placed = qt.place(compute, group, first, queue, project_quotas, {region_of(first): f_quota.result()}, deadline)
+        placed = qt.place(compute, group, first, queue, project_quotas, {region_of(first): reads.quota.result()}, deadline)
         if placed.skipped:
             ctx.attempts.append(ZoneAttempt(placed.skipped[0], "quota", placed.skipped[1]))
             ctx.progress(f"  {placed.skipped[0]}: {placed.skipped[1]} Skipping region {region_of(placed.skipped[0])}.")

@@ -175,25 +175,15 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     with ThreadPoolExecutor(max_workers=6, thread_name_prefix="gcpdl-read") as pool:
         # OS Login is decided by the project's metadata (a new VM sets no enable-oslogin)
         oslogin = compute.factory.oslogin()
-        f_project = pool.submit(_project_doc, oslogin)  # one projects.get: OS Login and GPU quota
+        reads = create_reads(pool, compute, oslogin, spec, first, deadline)
         f_existing = pool.submit(find, compute, spec.name, deadline)
         f_rule = pool.submit(compute.get_or_none, fw.rule_path(project, spec.name), deadline)
         f_deny = pool.submit(compute.get_or_none, fw.deny_path(project, spec.name), deadline)
-        f_net = pool.submit(compute.get_or_none, nw.network_path(project, spec.network), deadline)
-        # a GPU's zones come with its acceleratorTypes; without one, ask whether the zone exists
-        f_offered: Future | None = pool.submit(zn.accelerator_zones, compute, spec.accelerator, deadline) if spec.gpu else None
-        f_zone = None if spec.gpu else pool.submit(compute.get_or_none, rq.zone_path(project, first), deadline)
-        f_image = pool.submit(
-            compute.get, f"/compute/v1/projects/{spec.image_project}/global/images/family/{spec.image_family}",
-            deadline, None, f"Image family {spec.image_family} in project {spec.image_project}",
-        )
         f_disk = pool.submit(compute.aggregated, "disks", deadline, f"name = {spec.data_disk_name}") if spec.data_disk_gb else None
         # a --machine that is not a catalogue default may not exist in this zone
         f_machine = pool.submit(
             compute.get_or_none, f"{rq.zone_path(project, first)}/machineTypes/{spec.machine_type}", deadline,
         ) if not _default_machine(spec) else None
-        # GPU quota (project-wide, and the first zone's region): checked before anything is created
-        f_quota = pool.submit(qt.read_region, compute, region_of(first), deadline) if spec.gpu else None
         existing = f_existing.result()
         if existing is not None:
             return _reuse(ctx, spec, existing, f_rule.result(), f_deny.result())
@@ -204,15 +194,15 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
             found = cluster.find(compute, spec.name, deadline)
             if found is not None:
                 raise cluster.IsCluster(spec.name, found.size)
-        offered = f_offered.result() if f_offered else None
-        image = f_image.result()
+        offered = reads.offered.result() if reads.offered else None
+        image = reads.image.result()
         rule, deny = f_rule.result(), f_deny.result()
-        net_doc = f_net.result()
+        net_doc = reads.net.result()
         disk_zones = [z for z, items in (f_disk.result() if f_disk else {}).items() if items]
         machine_missing = f_machine is not None and f_machine.result() is None
-        project_doc = f_project.result()
+        project_doc = reads.project.result()
 
-    if f_zone is not None and f_zone.result() is None:
+    if reads.zone is not None and reads.zone.result() is None:
         raise InvalidInput(f"Zone {first} does not exist. See the zones with: gcloud compute zones list")
     zn.check_zone(spec, first, offered or {})
     if machine_missing:
@@ -235,8 +225,8 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
     # stays in regions the choice covers
     choice = nw.choose(project, spec.network, spec.subnet, net_doc, first, ctx.network_given)
     queue = [z for z in queue if choice.usable(z)]
-    if f_quota is not None:
-        known = {region_of(ctx.zones[0]): f_quota.result()}
+    if reads.quota is not None:
+        known = {region_of(ctx.zones[0]): reads.quota.result()}
         project_quotas = None if project_doc is None else project_doc.get("quotas") or []
         placed = qt.place(compute, spec, first, queue, project_quotas, known, deadline)
         if placed.skipped:
@@ -305,6 +295,36 @@ def up(ctx: UpContext, spec: VmSpec) -> UpResult:
         ssh_from=ctx.ssh_from,
     )
     return _finish(ctx, result)
+
+
+@dataclass
+class CreateReads:
+    """The pre-flight reads every create shares (one VM's or a cluster's), in flight at once."""
+
+    project: Future  # Compute's project resource: OS Login (commonInstanceMetadata) and GPU quota
+    net: Future  # the network (its subnets come with it)
+    offered: Future | None  # a GPU's zones (acceleratorTypes)
+    zone: Future | None  # without a GPU: does the first zone exist
+    image: Future  # the image family's newest image (its size)
+    quota: Future | None  # the first zone's region's GPU quota
+
+
+def create_reads(pool: ThreadPoolExecutor, compute: Compute, oslogin: Any, spec: VmSpec, first: str,
+                 deadline: Deadline) -> CreateReads:
+    project = compute.project
+    return CreateReads(
+        project=pool.submit(_project_doc, oslogin),  # one projects.get: OS Login and GPU quota
+        net=pool.submit(compute.get_or_none, nw.network_path(project, spec.network), deadline),
+        offered=pool.submit(zn.accelerator_zones, compute, spec.accelerator, deadline) if spec.gpu else None,
+        zone=None if spec.gpu else pool.submit(compute.get_or_none, rq.zone_path(project, first), deadline),
+        image=pool.submit(
+            compute.get, f"/compute/v1/projects/{spec.image_project}/global/images/family/{spec.image_family}",
+            deadline, None, f"Image family {spec.image_family} in project {spec.image_project}",
+        ),
+        # GPU quota (project-wide from the project read, and the first zone's region): checked
+        # before anything is created
+        quota=pool.submit(qt.read_region, compute, region_of(first), deadline) if spec.gpu else None,
+    )
 
 
 def _project_doc(oslogin: Any) -> dict[str, Any] | None:
