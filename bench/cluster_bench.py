@@ -77,11 +77,13 @@ def main() -> None:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed gcpdl: bytecode compiled once
     os.environ.update(env)  # ensure_keypair below writes gcpdl's key where the commands look for it
 
-    fake = FakeCompute(key_dir=work / "key").start()
-    server = start_standin(latency=args.latency, log_path=work / "gcs.log")
-    factory = SshdFactory(work / "sshd", {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"})
+    fake = server = factory = None
     try:
         from gcpdl.ssh.keys import ensure_keypair
+
+        fake = FakeCompute(key_dir=work / "key").start()
+        server = start_standin(latency=args.latency, log_path=work / "gcs.log")
+        factory = SshdFactory(work / "sshd", {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin"})
 
         nodes = start_nodes(factory, work / "nodes", args.nodes)
         nodes[0].authorize(ensure_keypair().public_line)  # one authorized_keys file for all of them
@@ -116,9 +118,12 @@ def main() -> None:
         print(f"  {n}-node cluster (sync --on c)           {cluster:7.2f} s")
         print(f"  speed-up {ratio:.2f}x of an ideal {n}x ({ratio / n:.0%} of it)")
     finally:
-        factory.stop_all()
-        stop_standin(server)
-        fake.stop()
+        if factory is not None:
+            factory.stop_all()
+        if server is not None:
+            stop_standin(server)
+        if fake is not None:
+            fake.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
