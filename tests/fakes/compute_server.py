@@ -37,7 +37,7 @@ import threading
 import time
 import urllib.parse
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,20 +52,18 @@ from tests.fakes.compute_instances import InstancesMixin
 from tests.fakes.compute_operations import OperationsMixin
 from tests.fakes.compute_policies import PoliciesMixin
 from tests.fakes.compute_reads import ReadsMixin
+from tests.fakes.loopback import LoopbackServer
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMixin, PoliciesMixin):
+class FakeCompute(LoopbackServer, InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMixin, PoliciesMixin):
     """State, faults and the HTTP server. Thread-safe: every request runs under one lock."""
 
     def __init__(self, key_dir: Path | str | None = None, project: str = "test-project"):
         self.project = project
         self.project_number = "123456789012"
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
         self._tokens: set[str] = set()
         self._jwt_ok: set[str] = set()
         self.key_file: Path | None = None
@@ -79,31 +77,18 @@ class FakeCompute(InstancesMixin, DisksFirewallsMixin, ReadsMixin, OperationsMix
         self.reset()
 
     # ---------------------------------------------------------------- lifecycle
+    thread_name = "fake-compute"
+
+    @property
+    def handler(self) -> type:
+        return _Handler
+
     def start(self) -> "FakeCompute":
         discovery()  # index the 4.9 MB document once, before the first request
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-compute", daemon=True)
-        self._thread.start()
+        super().start()
         if self._key_dir is not None:
             self.write_key_file(self._key_dir / "service-account.json")
         return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def token_uri(self) -> str:
@@ -677,7 +662,7 @@ def _permission(route: Route) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real front end; every reply has a length
-    owner: FakeCompute
+    fake: FakeCompute
 
     def setup(self) -> None:
         super().setup()
@@ -687,7 +672,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        status, out_headers, data = self.owner.handle(self.command, self.path, headers, raw)
+        status, out_headers, data = self.fake.handle(self.command, self.path, headers, raw)
         self.send_response(status)
         for k, v in out_headers.items():
             self.send_header(k, v)

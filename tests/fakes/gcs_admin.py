@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
+from tests.fixtures.ports import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -181,9 +183,4 @@ def start_standin(latency: float = 0.0, host: str = "127.0.0.1", log_path: Path 
 def stop_standin(s: GcsStandIn) -> None:
     s.close()
     if s.proc is not None:
-        s.proc.terminate()
-        try:
-            s.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            s.proc.kill()
-            s.proc.wait()
+        stop_process(s.proc)

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from tests.fakes import gcs_data
-from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.ports import free_port, stop_process, wait_for_port
 
 DIRECT_SEED_THRESHOLD = 20  # more objects than this: write the data directory instead of uploading
 
@@ -51,12 +51,7 @@ class GcsEmulator:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self.proc = None
 
     # --- HTTP (HTTP/1.0 server: a fresh connection per request) ------------------------------

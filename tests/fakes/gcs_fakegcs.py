@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tests.fakes import gcs_data
-from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.ports import free_port, stop_process, wait_for_port
 
 
 def binary() -> str | None:
@@ -86,11 +86,6 @@ class FakeGcs:
 
     def close(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self.proc = None
         shutil.rmtree(self.base, ignore_errors=True)
