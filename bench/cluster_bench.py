@@ -23,14 +23,14 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from cli_bench import timed  # noqa: E402  (bench/ is this script's own folder on sys.path)
 
 GCPDL = [sys.executable, "-m", "gcpdl"]
 BUCKET = "cbench"
@@ -38,15 +38,6 @@ BUCKET = "cbench"
 
 def tree_files(dest: Path) -> int:
     return sum(len(names) for root, _, names in os.walk(dest) if ".gcpdl" not in Path(root).relative_to(dest).parts)
-
-
-def timed(cmd: list[str], env: dict[str, str]) -> float:
-    t = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    took = time.perf_counter() - t
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return took
 
 
 def main() -> None:

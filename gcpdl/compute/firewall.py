@@ -170,6 +170,17 @@ def deny_path(project: str, vm_name: str) -> str:
 def apply(compute, vm_name: str, call: ApiCall, deadline) -> bool:
     """Run the planned insert/patch; True when this run created the rule. Another laptop may
     have created it since we looked (409 alreadyExists): then only its content needs setting."""
+    def patch() -> ApiCall:
+        if call.resource == rq.deny_rule_name(vm_name):
+            return rq.deny_patch(call.project, vm_name)
+        return rq.firewall_patch(call.project, vm_name, call.body["sourceRanges"][0])  # type: ignore[index]
+
+    return _insert_or_patch(compute, call, deadline, patch)
+
+
+def _insert_or_patch(compute, call: ApiCall, deadline, patch: Callable[[], ApiCall | None]) -> bool:
+    """Run ``call``; True when it created the rule. An insert answered 409 (made meanwhile,
+    e.g. from another laptop) runs ``patch()`` instead, when it gives a call."""
     from gcpdl.errors import Conflict
 
     try:
@@ -178,10 +189,9 @@ def apply(compute, vm_name: str, call: ApiCall, deadline) -> bool:
     except Conflict:
         if call.kind != "firewalls.insert":
             raise
-        if call.resource == rq.deny_rule_name(vm_name):
-            compute.run(rq.deny_patch(call.project, vm_name), deadline)
-        else:
-            compute.run(rq.firewall_patch(call.project, vm_name, call.body["sourceRanges"][0]), deadline)  # type: ignore[index]
+        fix = patch()
+        if fix is not None:
+            compute.run(fix, deadline)
         return False
 
 
@@ -380,15 +390,5 @@ def plan_intra(project: str, cluster: str, existing: dict | None, network: str =
 
 def apply_intra(compute, cluster: str, call: ApiCall, deadline) -> bool:
     """Run the planned intra-cluster insert/patch; True when this run created the rule."""
-    from gcpdl.errors import Conflict
-
-    try:
-        compute.run(call, deadline)
-        return call.kind == "firewalls.insert"
-    except Conflict:
-        if call.kind != "firewalls.insert":
-            raise
-        fixed = plan_intra(call.project, cluster, {}, (call.body or {}).get("network", "").rsplit("/", 1)[-1] or rq.DEFAULT_NETWORK)
-        if fixed is not None:
-            compute.run(fixed, deadline)
-        return False
+    network = (call.body or {}).get("network", "").rsplit("/", 1)[-1] or rq.DEFAULT_NETWORK
+    return _insert_or_patch(compute, call, deadline, lambda: plan_intra(call.project, cluster, {}, network))
