@@ -153,6 +153,8 @@ class JobApi:
 
     base: str
     timeout: float = 30.0
+    submit_wait: float = 120.0  # seconds a refused submit (5xx: the head's job agent not up yet) is retried
+    retry_pause: float = 1.0  # seconds between those tries (doubling, at most 10)
 
     def _call(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, bytes]:
         import urllib.error
@@ -185,10 +187,27 @@ class JobApi:
             env["env_vars"] = {"PATH": f"{python_bin}:${{PATH}}"}
         if env:
             body["runtime_env"] = env
-        status, out = self._call("POST", "/api/jobs/", json.dumps(body).encode())
-        if status != 200:
-            raise GcpdlError(f"Ray refused the job (HTTP {status}): {out[:300].decode(errors='replace')}")
-        return json.loads(out)["submission_id"]
+        # One submission id for every try: a retry after a 500 whose job did start finds it there
+        # instead of starting it twice. Ray answers 500 while the head's job agent is not up yet
+        # (right after `ray start`, or on a busy head): retried under a deadline.
+        import uuid
+
+        from gcpdl.deadline import Deadline
+
+        body["submission_id"] = job = f"gcpdl-{uuid.uuid4().hex[:12]}"
+        deadline = Deadline(self.submit_wait, what="Ray's job agent to take the job")
+        pause, tried = self.retry_pause, False
+        while True:
+            status, out = self._call("POST", "/api/jobs/", json.dumps(body).encode())
+            text = " ".join(out[:300].decode(errors="replace").split())
+            if status == 200:
+                return json.loads(out).get("submission_id") or job
+            if tried and status == 400 and "already exists" in text:
+                return job
+            if status < 500 or deadline.remaining() < pause:
+                raise GcpdlError(f"Ray refused the job (HTTP {status}): {text}")
+            deadline.pause(pause)
+            pause, tried = min(10.0, pause * 2), True
 
     def status(self, job: str) -> dict[str, Any]:
         status, out = self._call("GET", f"/api/jobs/{job}")
