@@ -28,7 +28,7 @@ print("alive nodes:", sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["
 '''
 
 
-def test_up_nodes_ray_from_the_command_line(env, ssh_cluster, tmp_path, monkeypatch):
+def test_up_nodes_ray_from_the_command_line(env, ssh_cluster, ray_host_lock, tmp_path, monkeypatch):
     from gcpdl.cluster import ray as core
     from tests.test_cluster_ray import _kill_tree_of
 

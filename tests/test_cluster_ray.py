@@ -51,7 +51,7 @@ def _kill_tree_of(temp_dir: str) -> None:
                 pass
 
 
-def test_ray_cluster_across_the_nodes_runs_a_job_on_every_node(ssh_cluster, tmp_path, monkeypatch):
+def test_ray_cluster_across_the_nodes_runs_a_job_on_every_node(ssh_cluster, ray_host_lock, tmp_path, monkeypatch):
     from gcpdl.clients import ClientFactory
     from gcpdl.cluster import ray as core
     from gcpdl.cluster.nodes import running_cluster
